@@ -1,0 +1,328 @@
+"""Model configuration: frozen dataclasses, named presets and a JSON round trip.
+
+A checkpoint is ``model.safetensors`` with ``config.json`` beside it; every exported file records the
+config it came from. Nothing here imports torch.
+
+Presets:
+
+- ``paper-r50``: the paper's configuration: 32 x 224 x 224 clips, the ResNet-50 I3D in the Kinetics
+  layout, 512-d nodes, 3 graph-convolution layers, 50 proposals per frame from a ResNet-50-FPN RPN.
+- ``small``: sized so an epoch of 2,000 clips trains in about 2 minutes on 2 CPU cores (BENCHMARKS.md).
+- ``tiny``: for tests; a forward pass takes well under a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from strg_deploy.errors import StrgError
+
+KINETICS_MEAN = (0.4345, 0.4051, 0.3775)
+KINETICS_STD = (0.2768, 0.2713, 0.2737)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Which blocks inflate their first convolution to 3 x 1 x 1 (bottleneck) or 3 x 3 x 3 (basic block):
+# the Kinetics-pretrained I3D ResNet-50 layout of STRG.md, and the same pattern cut to R18/R34 lengths.
+KINETICS_R50_INFLATE = ((1, 1, 1), (1, 0, 1, 0), (1, 0, 1, 0, 1, 0), (0, 1, 0))
+STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
+DETECTORS = ("resnet50_fpn", "mobilenet_v3_large_fpn")
+FUSIONS = ("sum", "towers")
+CONFIG_SCHEMA = 1
+
+
+def alternating_inflate(blocks: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """Inflation pattern 1,0,1,0,... per stage, except the last stage's 0,1,0,... (as in KINETICS_R50_INFLATE)."""
+    pattern = []
+    for stage, count in enumerate(blocks):
+        start = 0 if stage == len(blocks) - 1 else 1
+        pattern.append(tuple((start + i) % 2 if stage > 0 else 1 for i in range(count)))
+    return tuple(pattern)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """I3D ResNet backbone.
+
+    The clip [B, 3, T, H, W] becomes reduced res5 features [B, out_dim, T / temporal_stride, H / 16, W / 16]:
+    conv1 (stride 1, 2, 2), max-pool 1x3x3 (stride 1, 2, 2), res2, a temporal max-pool (stride 2) when
+    ``temporal_pool`` > 0, res3 and res4 (stride 1, 2, 2), res5 (stride 1, optional spatial dilation),
+    then a 1x1x1 convolution to ``out_dim`` channels.
+    """
+
+    depth: int = 50
+    width: int = 64
+    conv1_kernel: tuple[int, int, int] = (5, 7, 7)
+    inflate: tuple[tuple[int, ...], ...] = KINETICS_R50_INFLATE
+    temporal_pool: int = 2
+    res5_dilation: int = 1
+    out_dim: int = 512
+    mean: tuple[float, float, float] = KINETICS_MEAN
+    std: tuple[float, float, float] = KINETICS_STD
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        return STAGE_BLOCKS[self.depth]
+
+    @property
+    def bottleneck(self) -> bool:
+        return self.depth >= 50
+
+    @property
+    def res5_channels(self) -> int:
+        return self.width * 8 * (4 if self.bottleneck else 1)
+
+    @property
+    def temporal_stride(self) -> int:
+        return 2 if self.temporal_pool > 0 else 1
+
+    @property
+    def spatial_stride(self) -> int:
+        return 16
+
+    def validate(self) -> None:
+        if self.depth not in STAGE_BLOCKS:
+            raise StrgError(f"backbone depth must be one of {sorted(STAGE_BLOCKS)}, got {self.depth}")
+        if tuple(len(s) for s in self.inflate) != self.blocks:
+            raise StrgError(
+                f"backbone inflate pattern has {[len(s) for s in self.inflate]} blocks per stage, "
+                f"depth {self.depth} needs {list(self.blocks)}"
+            )
+        if self.width <= 0 or self.out_dim <= 0:
+            raise StrgError("backbone width and out_dim must be positive")
+
+
+@dataclass(frozen=True)
+class ProposalConfig:
+    """Region proposals: N boxes per sampled frame from a torchvision RPN (or given / precomputed boxes).
+
+    ``num_boxes`` (N) is fixed per model: frames with fewer proposals are padded with zero boxes and a
+    False in the mask. ``pre_nms_top_n`` is per FPN level.
+    """
+
+    num_boxes: int = 50
+    detector: str = "resnet50_fpn"
+    pre_nms_top_n: int = 1000
+    nms_threshold: float = 0.7
+    score_threshold: float = 0.0
+    min_size: float = 1.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def validate(self) -> None:
+        if self.num_boxes <= 0:
+            raise StrgError(f"num_boxes must be positive, got {self.num_boxes}")
+        if self.detector not in DETECTORS:
+            raise StrgError(f"detector must be one of {list(DETECTORS)}, got {self.detector!r}")
+        if not 0.0 < self.nms_threshold <= 1.0:
+            raise StrgError(f"nms_threshold must be in (0, 1], got {self.nms_threshold}")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Graph head: RoIAlign per feature frame (roi_size x roi_size average bins, then a max), the
+    similarity graph and the forward/backward space-time graphs, ``layers`` graph convolutions of width
+    ``BackboneConfig.out_dim``, pooling over valid nodes, fusion with the global pool, a classifier.
+
+    ``fusion="sum"`` is the paper's form (each layer sums G_g X W_g over the three graphs);
+    ``"towers"`` is the public reproduction's late fusion of a similarity tower and a space-time tower.
+    """
+
+    layers: int = 3
+    roi_size: int = 7
+    sampling_ratio: int = 2
+    fusion: str = "sum"
+    residual: bool = False
+    layer_norm: bool = False
+    dropout: float = 0.5
+
+    def validate(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise StrgError(f"head fusion must be one of {list(FUSIONS)}, got {self.fusion!r}")
+        if self.layers < 1:
+            raise StrgError(f"head needs at least one graph layer, got {self.layers}")
+        if self.sampling_ratio < 1:
+            raise StrgError("sampling_ratio must be explicit (>= 1): runtimes disagree on the adaptive 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that fixes a model's weights and its input/output contract.
+
+    Input clips are ``frames`` x ``size`` x ``size`` RGB, sampled evenly over ``span_seconds``.
+    """
+
+    preset: str
+    frames: int = 32
+    size: int = 224
+    span_seconds: float = 5.0
+    classes: tuple[str, ...] = tuple(f"class_{i:03d}" for i in range(174))
+    multi_label: bool = False
+    backbone: BackboneConfig = BackboneConfig()
+    proposals: ProposalConfig = ProposalConfig()
+    head: HeadConfig = HeadConfig()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def feature_frames(self) -> int:
+        """T': time steps of the backbone's output (and frames the RPN sees per clip)."""
+        return self.frames // self.backbone.temporal_stride
+
+    @property
+    def feature_size(self) -> int:
+        """H' = W': spatial size of the backbone's output."""
+        return self.size // self.backbone.spatial_stride
+
+    @property
+    def node_dim(self) -> int:
+        return self.backbone.out_dim
+
+    def validate(self) -> ModelConfig:
+        self.backbone.validate()
+        self.proposals.validate()
+        self.head.validate()
+        stride = self.backbone.temporal_stride
+        if self.frames < stride or self.frames % stride:
+            raise StrgError(f"frames must be a positive multiple of {stride}, got {self.frames}")
+        if self.size % self.backbone.spatial_stride or self.size <= 0:
+            raise StrgError(f"size must be a positive multiple of 16, got {self.size}")
+        if not self.classes:
+            raise StrgError("a model needs at least one class")
+        if len(set(self.classes)) != len(self.classes):
+            raise StrgError("class names must be unique")
+        return self
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with top-level fields changed, validated."""
+        return dataclasses.replace(self, **changes).validate()
+
+    def with_classes(self, classes: list[str] | tuple[str, ...], multi_label: bool | None = None) -> ModelConfig:
+        """A copy for a dataset's class list (and label kind)."""
+        label = self.multi_label if multi_label is None else multi_label
+        return self.replace(classes=tuple(classes), multi_label=label)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["schema"] = CONFIG_SCHEMA
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Rebuild a config from :meth:`to_dict` output; unknown or missing keys are errors."""
+        data = dict(data)
+        schema = data.pop("schema", CONFIG_SCHEMA)
+        if schema != CONFIG_SCHEMA:
+            raise StrgError(f"config schema {schema} is not supported (this version reads {CONFIG_SCHEMA})")
+        try:
+            return _build(cls, data).validate()
+        except (TypeError, ValueError) as err:
+            raise StrgError(f"malformed model config: {err}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise StrgError(f"config is not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise StrgError("config JSON must be an object")
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        """Write config.json atomically (temporary file, then rename)."""
+        from strg_deploy.fileio import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise StrgError(f"cannot read model config {path}: {err.strerror}") from None
+        return cls.from_json(text)
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    """Construct a (nested) frozen dataclass from plain JSON values: lists become tuples."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)} for {cls.__name__}")
+    kwargs = {}
+    for name, value in data.items():
+        default = fields[name].default
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ValueError(f"{cls.__name__}.{name} must be an object")
+            kwargs[name] = _build(type(default), value)
+        else:
+            kwargs[name] = _tuples(value)
+    return cls(**kwargs)
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def _paper_r50() -> ModelConfig:
+    return ModelConfig(preset="paper-r50")
+
+
+def _small() -> ModelConfig:
+    blocks = STAGE_BLOCKS[18]
+    return ModelConfig(
+        preset="small",
+        frames=16,
+        size=112,
+        span_seconds=4.0,
+        classes=tuple(f"class_{i:03d}" for i in range(12)),
+        backbone=BackboneConfig(
+            depth=18, width=16, conv1_kernel=(3, 7, 7), inflate=alternating_inflate(blocks), out_dim=128
+        ),
+        proposals=ProposalConfig(num_boxes=8, detector="mobilenet_v3_large_fpn", pre_nms_top_n=300),
+        head=HeadConfig(layers=3, sampling_ratio=2, dropout=0.3),
+    )
+
+
+def _tiny() -> ModelConfig:
+    blocks = STAGE_BLOCKS[18]
+    return ModelConfig(
+        preset="tiny",
+        frames=8,
+        size=64,
+        span_seconds=2.0,
+        classes=tuple(f"class_{i:03d}" for i in range(4)),
+        backbone=BackboneConfig(
+            depth=18, width=8, conv1_kernel=(3, 7, 7), inflate=alternating_inflate(blocks), out_dim=32
+        ),
+        proposals=ProposalConfig(num_boxes=4, detector="mobilenet_v3_large_fpn", pre_nms_top_n=50),
+        head=HeadConfig(layers=2, sampling_ratio=2, dropout=0.0),
+    )
+
+
+PRESETS = {"paper-r50": _paper_r50, "small": _small, "tiny": _tiny}
+
+
+def preset(name: str) -> ModelConfig:
+    """The named preset's config (see the module docstring)."""
+    try:
+        factory = PRESETS[name]
+    except KeyError:
+        raise StrgError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+    return factory().validate()
