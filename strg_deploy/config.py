@@ -32,11 +32,12 @@ KINETICS_R50_INFLATE = ((1, 1, 1), (1, 0, 1, 0), (1, 0, 1, 0, 1, 0), (0, 1, 0))
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 DETECTORS = ("resnet50_fpn", "mobilenet_v3_large_fpn")
 FUSIONS = ("sum", "towers")
+ARCHITECTURES = ("strg", "i3d")
 CONFIG_SCHEMA = 1
 
 
 def alternating_inflate(blocks: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
-    """Inflation pattern 1,0,1,0,... per stage, except the last stage's 0,1,0,... (as in KINETICS_R50_INFLATE)."""
+    """Inflation per stage: all of res2, then 1,0,1,0,... and 0,1,0 for the last (KINETICS_R50_INFLATE)."""
     pattern = []
     for stage, count in enumerate(blocks):
         start = 0 if stage == len(blocks) - 1 else 1
@@ -154,9 +155,12 @@ class ModelConfig:
     """Everything that fixes a model's weights and its input/output contract.
 
     Input clips are ``frames`` x ``size`` x ``size`` RGB, sampled evenly over ``span_seconds``.
+    ``architecture`` is ``strg`` (backbone + proposals + graph head) or ``i3d`` (the vanilla backbone
+    with a global-pool classifier, the baseline and stage 1 of the two-stage recipe).
     """
 
     preset: str
+    architecture: str = "strg"
     frames: int = 32
     size: int = 224
     span_seconds: float = 5.0
@@ -185,6 +189,8 @@ class ModelConfig:
         return self.backbone.out_dim
 
     def validate(self) -> ModelConfig:
+        if self.architecture not in ARCHITECTURES:
+            raise StrgError(f"architecture must be one of {list(ARCHITECTURES)}, got {self.architecture!r}")
         self.backbone.validate()
         self.proposals.validate()
         self.head.validate()
@@ -203,7 +209,9 @@ class ModelConfig:
         """A copy with top-level fields changed, validated."""
         return dataclasses.replace(self, **changes).validate()
 
-    def with_classes(self, classes: list[str] | tuple[str, ...], multi_label: bool | None = None) -> ModelConfig:
+    def with_classes(
+        self, classes: list[str] | tuple[str, ...], multi_label: bool | None = None
+    ) -> ModelConfig:
         """A copy for a dataset's class list (and label kind)."""
         label = self.multi_label if multi_label is None else multi_label
         return self.replace(classes=tuple(classes), multi_label=label)

@@ -1,0 +1,147 @@
+"""The `strg` command line: thin typer commands that call the library and print with rich.
+
+Importing this module never imports torch: commands that need it import it inside their bodies.
+Every error a user can cause is a StrgError, printed as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from strg_deploy import __version__
+from strg_deploy.config import PRESETS, ModelConfig, preset
+from strg_deploy.errors import StrgError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="strg",
+    help="Train, export and serve STRG (Videos as Space-Time Region Graphs) action recognition.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(help="Inspect model presets: parameters, FLOPs and shapes.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+console = Console()
+
+
+def new_table(title: str) -> Table:
+    """A compact table that fits an 80-column terminal."""
+    return Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+
+
+def reports_errors(command: F) -> F:
+    """Turn a StrgError raised by ``command`` into one line on stderr and exit status 2."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except StrgError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+
+    return run  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"strg-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Train, export and serve STRG (Videos as Space-Time Region Graphs) action recognition."""
+
+
+PresetOption = Annotated[str, typer.Option("--preset", "-p", help=f"Model preset: {', '.join(PRESETS)}.")]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="A model config.json (or a checkpoint folder holding one) instead of a preset."
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of a table.")]
+
+
+def _resolve_config(preset_name: str, config_path: Path | None) -> ModelConfig:
+    return ModelConfig.load(config_path) if config_path is not None else preset(preset_name)
+
+
+@model_app.command("presets")
+@reports_errors
+def model_presets(as_json: JsonOption = False) -> None:
+    """List the named presets and what they fix (no torch needed)."""
+    rows = []
+    for name in PRESETS:
+        cfg = preset(name)
+        rows.append(
+            {
+                "preset": name,
+                "clip": f"{cfg.frames}x{cfg.size}x{cfg.size}",
+                "backbone": f"R{cfg.backbone.depth}/w{cfg.backbone.width}",
+                "features": f"{cfg.node_dim}x{cfg.feature_frames}x{cfg.feature_size}x{cfg.feature_size}",
+                "layers": cfg.head.layers,
+                "boxes": cfg.proposals.num_boxes,
+                "detector": cfg.proposals.detector.replace("mobilenet_v3_large", "mnv3"),
+                "classes": cfg.num_classes,
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = new_table("Presets (features: d x T' x H' x W'; boxes: proposals per frame)")
+    for key in rows[0]:
+        table.add_column(key, no_wrap=True)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+
+
+@model_app.command("summary")
+@reports_errors
+def model_summary(
+    preset_name: PresetOption = "paper-r50",
+    config_path: ConfigOption = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Clips per batch for the FLOP count.")] = 1,
+    as_json: JsonOption = False,
+) -> None:
+    """Parameters and FLOPs per stage, and the output shape of each of the three networks.
+
+    FLOPs come from torch.utils.flop_counter, which counts a multiply-add as 2 FLOPs; the literature's
+    "153 GFLOPs" for I3D-R50 are multiply-adds (GMACs, also shown). RoIAlign and NMS are not counted.
+    """
+    from strg_deploy.extras import require
+
+    cfg = _resolve_config(preset_name, config_path)
+    require("torch", "strg model summary")
+    require("torchvision", "strg model summary")
+    from strg_deploy.models.summary import summarize
+
+    with console.status(f"counting FLOPs of {cfg.preset} on a random clip...", spinner="dots"):
+        summary = summarize(cfg, batch=batch)
+    if as_json:
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+        return
+    console.print(summary.stage_table())
+    console.print(summary.network_table())
+    console.print(
+        "[dim]FLOPs: torch.utils.flop_counter, a multiply-add counts as 2 FLOPs (GMACs = GFLOPs / 2); "
+        "RoIAlign and NMS are not counted.[/dim]"
+    )

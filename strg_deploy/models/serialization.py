@@ -1,0 +1,86 @@
+"""Model weights on disk: a folder with ``model.safetensors`` and ``config.json`` beside it.
+
+The safetensors header also records the config (metadata key ``strg_config``), so the weights file alone
+says what it is. Both files are written to temporary names and renamed: a crash never leaves a
+half-written checkpoint in place of a good one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from strg_deploy.config import ModelConfig
+from strg_deploy.errors import StrgError
+from strg_deploy.extras import require
+from strg_deploy.fileio import atomic_path
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
+    """Write ``model`` (an STRG or I3D with a ``cfg`` attribute) to ``directory``; returns the folder."""
+    safetensors_torch = require("safetensors.torch", "saving weights")
+    cfg: ModelConfig = model.cfg
+    directory = Path(directory)
+    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    metadata = {"strg_config": json.dumps(cfg.to_dict(), sort_keys=True), "format": "pt"}
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        safetensors_torch.save_file(tensors, str(tmp), metadata=metadata)
+    cfg.save(directory / CONFIG_FILE)
+    return directory
+
+
+def load_pretrained(directory: str | Path, cfg: ModelConfig | None = None) -> nn.Module:
+    """Rebuild the model saved in ``directory`` (config.json + model.safetensors) in eval mode.
+
+    ``cfg`` overrides the folder's config.json (the weights must still fit it). Missing files, weights
+    for another config and unreadable files raise StrgError naming what does not fit.
+    """
+    from strg_deploy.models.strg import build_model
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise StrgError(f"checkpoint folder not found: {directory}")
+    cfg = cfg or ModelConfig.load(directory / CONFIG_FILE)
+    model = build_model(cfg)
+    load_weights(model, directory / WEIGHTS_FILE)
+    return model.eval()
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a safetensors file into ``model`` strictly: every key present, every shape equal."""
+    safetensors_torch = require("safetensors.torch", "loading weights")
+    path = Path(path)
+    if not path.is_file():
+        raise StrgError(f"weights file not found: {path}")
+    try:
+        state = safetensors_torch.load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for damaged headers
+        raise StrgError(f"cannot read weights {path}: {err}") from None
+    load_state_strict(model, state, source=str(path))
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state)`` with one clear StrgError listing missing, unexpected and
+    mismatched keys (the first few of each, with counts)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {list(state[k].shape)} vs {list(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        if keys:
+            shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+            problems.append(f"{len(keys)} {label} ({shown})")
+    if problems:
+        raise StrgError(f"weights in {source} do not fit this model: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,94 @@
+"""The whole models: STRG (rpn -> backbone -> head) and the vanilla I3D baseline.
+
+Both share the backbone code (:class:`~strg_deploy.models.backbone.Backbone`), so an I3D checkpoint
+initialises STRG's backbone in the two-stage recipe. The three networks of the model contract
+(``rpn``, ``backbone``, ``head``) are attributes callable on their own; export and the engines use them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from strg_deploy.config import ModelConfig
+from strg_deploy.errors import StrgError
+from strg_deploy.models.backbone import Backbone
+from strg_deploy.models.head import GraphHead, classification_loss
+from strg_deploy.models.proposals import RegionProposer
+
+
+def rpn_frames(clip: torch.Tensor, temporal_stride: int) -> torch.Tensor:
+    """The frames the RPN sees: every ``temporal_stride``-th frame of each clip, stacked.
+
+    clip [B, 3, T, H, W] -> frames [B * T', 3, H, W] with T' = T / temporal_stride; frame ``b * T' + t``
+    is input frame ``temporal_stride * t`` of clip ``b`` (the frame whose boxes feature frame t uses).
+    """
+    frames = clip[:, :, ::temporal_stride].transpose(1, 2)
+    return frames.reshape(-1, *frames.shape[2:])
+
+
+class STRG(nn.Module):
+    """Space-Time Region Graph model.
+
+    forward(clip uint8 [B, 3, T, H, W], boxes float32 [B, T', N, 4] | None, mask bool [B, T', N] | None)
+    -> logits float32 [B, C]. Without boxes the RPN proposes them on every (T/T')-th frame; with boxes
+    (ground truth or precomputed proposals) the RPN is skipped.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg.validate()
+        self.rpn = RegionProposer(cfg)
+        self.backbone = Backbone(cfg)
+        self.head = GraphHead(cfg)
+
+    def propose(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """clip uint8 [B, 3, T, H, W] -> boxes [B, T', N, 4], mask bool [B, T', N] (the RPN is frozen)."""
+        cfg = self.cfg
+        with torch.no_grad():
+            boxes, _scores, mask = self.rpn(rpn_frames(clip, cfg.backbone.temporal_stride))
+        shape = (clip.shape[0], cfg.feature_frames, cfg.proposals.num_boxes)
+        return boxes.reshape(*shape, 4), mask.reshape(shape)
+
+    def forward(
+        self, clip: torch.Tensor, boxes: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if (boxes is None) != (mask is None):
+            raise StrgError("STRG needs both boxes and mask, or neither (then the RPN proposes them)")
+        features = self.backbone(clip)
+        if boxes is None:
+            boxes, mask = self.propose(clip)
+        return self.head(features, boxes, mask)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (single-label, targets int64 [B]) or BCE (multi-label, targets float [B, C])."""
+        return classification_loss(logits, targets, self.cfg.multi_label)
+
+
+class I3D(nn.Module):
+    """The vanilla I3D baseline: the same backbone, global average pool, dropout, a linear classifier.
+
+    forward(clip uint8 [B, 3, T, H, W]) -> logits float32 [B, C]. Extra ``boxes``/``mask`` arguments
+    are accepted and ignored, so training code calls both models alike.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg.validate()
+        self.backbone = Backbone(cfg)
+        self.dropout = nn.Dropout(cfg.head.dropout)
+        self.classifier = nn.Linear(cfg.node_dim, cfg.num_classes)
+
+    def forward(
+        self, clip: torch.Tensor, boxes: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        features = self.backbone(clip)
+        return self.classifier(self.dropout(features.mean(dim=(2, 3, 4))))
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return classification_loss(logits, targets, self.cfg.multi_label)
+
+
+def build_model(cfg: ModelConfig) -> STRG | I3D:
+    """The model ``cfg.architecture`` names, with freshly initialised weights."""
+    return STRG(cfg) if cfg.architecture == "strg" else I3D(cfg)

@@ -1,0 +1,82 @@
+"""The command line: help, torch-free start-up, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from strg_deploy.cli import app
+
+runner = CliRunner()
+
+RUNTIME_MODULES = [
+    "strg_deploy",
+    "strg_deploy.config",
+    "strg_deploy.errors",
+    "strg_deploy.fileio",
+    "strg_deploy.cli",
+]
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_runtime_modules_and_help_do_not_import_torch():
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in RUNTIME_MODULES)
+        + "from strg_deploy.cli import app\n"
+        "try:\n    app(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "try:\n    app(['model', 'presets'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "loaded = [m for m in ('torch', 'torchvision') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "print('ok')\n"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_every_command_has_help():
+    for args in (
+        ["--help"],
+        ["model", "--help"],
+        ["model", "summary", "--help"],
+        ["model", "presets", "--help"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args, result.output)
+        assert "Usage" in result.output
+
+
+def test_presets_json():
+    result = runner.invoke(app, ["model", "presets", "--json"])
+    assert result.exit_code == 0
+    rows = json.loads(result.output)
+    assert [r["preset"] for r in rows] == ["paper-r50", "small", "tiny"]
+    assert rows[0]["features"] == "512x16x14x14"
+
+
+def test_bad_preset_is_one_line_and_exit_2():
+    result = runner.invoke(app, ["model", "summary", "--preset", "huge"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown preset 'huge'")
+    assert "Traceback" not in result.output
+
+
+def test_missing_torch_names_the_extra():
+    code = (
+        "import sys\nsys.modules['torch'] = None\n"
+        "from strg_deploy.cli import app\n"
+        "app(['model', 'summary', '--preset', 'tiny'])\n"
+    )
+    result = run_python(code)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: strg model summary needs torch, which is not installed: pip install 'strg-deploy[train]'"
+    )
