@@ -1,0 +1,1 @@
+"""Torch models of STRG: backbone, proposals, graphs, graph head."""
