@@ -17,6 +17,7 @@ from strg_deploy.config import ModelConfig
 from strg_deploy.errors import StrgError
 from strg_deploy.extras import require
 from strg_deploy.fileio import atomic_path
+from strg_deploy.models.state_dicts import check_fit, read_state_dict
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -53,34 +54,12 @@ def load_pretrained(directory: str | Path, cfg: ModelConfig | None = None) -> nn
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a safetensors file into ``model`` strictly: every key present, every shape equal."""
-    safetensors_torch = require("safetensors.torch", "loading weights")
-    path = Path(path)
-    if not path.is_file():
-        raise StrgError(f"weights file not found: {path}")
-    try:
-        state = safetensors_torch.load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for damaged headers
-        raise StrgError(f"cannot read weights {path}: {err}") from None
-    load_state_strict(model, state, source=str(path))
+    """Load a weights file into ``model`` strictly: every key present, every shape equal."""
+    load_state_strict(model, read_state_dict(path), source=str(path))
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """``model.load_state_dict(state)`` with one clear StrgError listing missing, unexpected and
     mismatched keys (the first few of each, with counts)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [
-        f"{k} {list(state[k].shape)} vs {list(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-        if keys:
-            shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-            problems.append(f"{len(keys)} {label} ({shown})")
-    if problems:
-        raise StrgError(f"weights in {source} do not fit this model: " + "; ".join(problems))
+    check_fit(f"weights in {source}", model.state_dict(), state)
     model.load_state_dict(state, strict=True)

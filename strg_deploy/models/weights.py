@@ -46,15 +46,13 @@ import torch
 from torch import nn
 
 from strg_deploy.errors import StrgError
-from strg_deploy.extras import require
 from strg_deploy.models.backbone import Backbone, I3DResNet
+from strg_deploy.models.state_dicts import fit_error, read_state_dict
 
 MMACTION2 = "mmaction2"
 PYSLOWFAST = "pyslowfast"
 TORCHVISION_2D = "torchvision-2d"
 
-_WRAPPERS = ("state_dict", "model_state", "model")
-_SHOWN = 5  # keys shown per kind in an error message
 
 
 @dataclass(frozen=True)
@@ -66,59 +64,6 @@ class LoadReport:
     ignored: tuple[str, ...] = ()
 
 
-# ----------------------------------------------------------------------------------------- files
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file: ``.safetensors`` or a torch file (``weights_only=True``), unwrapped.
-
-    Raises StrgError naming the path when the file is missing, unreadable or holds no tensors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        problem = "is not a file" if path.exists() else "does not exist"
-        raise StrgError(f"weights file {path} {problem}")
-    if path.suffix == ".safetensors":
-        load_file = require("safetensors.torch", "reading .safetensors weights").load_file
-        try:
-            data = load_file(str(path), device="cpu")
-        except Exception as err:  # safetensors raises its own error types
-            raise StrgError(f"cannot read weights file {path}: {_first_line(err)}") from None
-    else:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # unpickling, zip and I/O errors all mean "unreadable"
-            hint = ""
-            if "weights_only" in str(err):
-                hint = (
-                    " (it holds Python objects beyond tensors; if you trust it, save only its state dict: "
-                    "torch.save(torch.load(path, weights_only=False)['state_dict'], new_path))"
-                )
-            raise StrgError(f"cannot read weights file {path}: {_first_line(err)}{hint}") from None
-    state = _unwrap(data)
-    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise StrgError(f"weights file {path} holds no state dict of tensors")
-    if all(k.startswith("module.") for k in tensors):
-        tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
-    return tensors
-
-
-def _unwrap(data: object) -> Mapping:
-    if not isinstance(data, Mapping):
-        return {}
-    for key in _WRAPPERS:
-        inner = data.get(key)
-        if isinstance(inner, Mapping):
-            return inner
-    return data
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def _resnet(model: nn.Module) -> I3DResNet:
     """The I3DResNet itself, also when given the Backbone that holds it."""
     if isinstance(model, Backbone):
@@ -126,15 +71,6 @@ def _resnet(model: nn.Module) -> I3DResNet:
     if not isinstance(model, I3DResNet):
         raise TypeError(f"expected an I3DResNet or a Backbone, got {type(model).__name__}")
     return model
-
-
-def _fit_error(what: str, missing: list[str], unexpected: list[str], mismatched: list[str]) -> StrgError:
-    parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-        if keys:
-            more = f", ... ({len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
-            parts.append(f"{len(keys)} {label}: {', '.join(keys[:_SHOWN])}{more}")
-    return StrgError(f"{what} does not fit the model: " + "; ".join(parts))
 
 
 def _is_step_counter(key: str) -> bool:
@@ -172,7 +108,7 @@ def inflate_2d_state_dict(state_2d: Mapping[str, torch.Tensor], model: nn.Module
         else:
             mismatched.append(f"{key} {list(w.shape)} vs model {list(ref.shape)}")
     if missing or unexpected or mismatched:
-        raise _fit_error("2D ResNet state dict", missing, unexpected, mismatched)
+        raise fit_error("2D ResNet state dict", missing, unexpected, mismatched)
     return out
 
 
@@ -281,7 +217,7 @@ def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
         return PYSLOWFAST
     if any(re.match(r"(backbone\.)?(conv1|layer\d+\.\d+\.conv\d)\.conv\.weight$", k) for k in keys):
         return MMACTION2
-    shown = ", ".join(keys[:_SHOWN])
+    shown = ", ".join(keys[:5])
     raise StrgError(
         f"cannot tell the checkpoint's key layout (MMAction2 'backbone.conv1.conv.weight' or PySlowFast "
         f"'s1.pathway0_stem.conv.weight'); its first keys: {shown}"
@@ -331,7 +267,7 @@ def map_kinetics_state_dict(
         else:
             missing.append(to_theirs(key))
     if missing or unexpected or mismatched:
-        raise _fit_error(f"{layout} checkpoint", missing, unexpected, list(mismatched.values()))
+        raise fit_error(f"{layout} checkpoint", missing, unexpected, list(mismatched.values()))
     return out, LoadReport(layout, loaded, tuple(ignored))
 
 
