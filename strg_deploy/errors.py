@@ -17,6 +17,4 @@ def shape_error(what: str, expected: str, actual: tuple[int, ...] | list[int]) -
 
 def missing_extra(extra: str, module: str, purpose: str) -> StrgError:
     """Build the error for a command whose optional dependency is not installed."""
-    return StrgError(
-        f"{purpose} needs {module}, which is not installed: pip install 'strg-deploy[{extra}]'"
-    )
+    return StrgError(f"{purpose} needs {module}, which is not installed: pip install 'strg-deploy[{extra}]'")

@@ -288,7 +288,7 @@ def test_kinetics_checkpoint_loads_exactly(tmp_path, layout, cfg):
     fresh = _random_model(cfg, seed=2)
     report = load_kinetics_i3d(fresh, path)
     assert report.layout == layout
-    head = ("cls_head.fc_cls" if layout == "mmaction2" else "head.projection")
+    head = "cls_head.fc_cls" if layout == "mmaction2" else "head.projection"
     assert report.ignored == (f"{head}.weight", f"{head}.bias")
     expected = source.state_dict()
     got = fresh.state_dict()

@@ -336,6 +336,7 @@ def load_detector_weights(proposer: RegionProposer, path: str | Path) -> RegionP
             f"detector weights {path} hold no Faster R-CNN backbone.* or rpn.head.* keys "
             f"({len(state)} keys: {_listing(list(state))})"
         )
+
     def in_file(key: str) -> str:  # name the keys as the detector's state dict does
         return "rpn." + key if key.startswith("head.") else key
 

@@ -54,7 +54,6 @@ PYSLOWFAST = "pyslowfast"
 TORCHVISION_2D = "torchvision-2d"
 
 
-
 @dataclass(frozen=True)
 class LoadReport:
     """What a load did: the file's layout, how many tensors it set, which file keys it ignored."""
