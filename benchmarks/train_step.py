@@ -18,25 +18,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import clip_boxes, measure, print_machine_info, print_table  # noqa: E402
 
-from strg_deploy.config import STAGE_BLOCKS, alternating_inflate, preset  # noqa: E402
+from strg_deploy.config import preset  # noqa: E402
 from strg_deploy.models.strg import build_model  # noqa: E402
 
 EPOCH_CLIPS = 2000
 
 
 def candidates() -> dict[str, object]:
+    """The small preset and the variants it was chosen from (all R18-style, 112 x 112, d = 128)."""
     small = preset("small")
-    r18 = alternating_inflate(STAGE_BLOCKS[18])
 
-    def variant(width: int, frames: int, out_dim: int = 128):
-        backbone = dataclasses.replace(small.backbone, width=width, out_dim=out_dim, inflate=r18)
+    def variant(width: int, frames: int, conv1_t: int):
+        backbone = dataclasses.replace(small.backbone, width=width, conv1_kernel=(conv1_t, 7, 7))
         return small.replace(frames=frames, backbone=backbone)
 
     return {
-        "small (R18 w16, 16x112, d128)": small,
-        "R18 w32, 8x112, d128": variant(32, 8),
-        "R18 w24, 16x112, d128": variant(24, 16),
-        "R18 w32, 16x112, d128": variant(32, 16),
+        "small: w16, 16 frames, conv1 1x7x7": small,
+        "w16, 16 frames, conv1 3x7x7": variant(16, 16, 3),
+        "w32, 8 frames, conv1 3x7x7": variant(32, 8, 3),
+        "w24, 16 frames, conv1 1x7x7": variant(24, 16, 1),
     }
 
 

@@ -301,7 +301,7 @@ def _small() -> ModelConfig:
         span_seconds=4.0,
         classes=tuple(f"class_{i:03d}" for i in range(12)),
         backbone=BackboneConfig(
-            depth=18, width=16, conv1_kernel=(3, 7, 7), inflate=alternating_inflate(blocks), out_dim=128
+            depth=18, width=16, conv1_kernel=(1, 7, 7), inflate=alternating_inflate(blocks), out_dim=128
         ),
         proposals=ProposalConfig(num_boxes=8, detector="mobilenet_v3_large_fpn", pre_nms_top_n=300),
         head=HeadConfig(layers=3, sampling_ratio=2, dropout=0.3),

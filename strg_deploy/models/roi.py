@@ -4,6 +4,13 @@ Feature frame t of a clip is pooled with the boxes of feature frame t (the calle
 each feature frame uses, e.g. every (T/T')-th frame). Each box gives ``output_size`` x ``output_size``
 AVERAGE bins (``torchvision.ops.roi_align``, aligned=True, explicit sampling ratio), then the maximum over
 the bins: one C-vector per box.
+
+RoIAlign is linear in the features, and the boxes are constants (no gradient flows to proposals), so the
+bins are a matrix product: interpolation weights [N * S * S, H' * W'] per frame times the frame's features
+[H' * W', C]. The weights come from ``torchvision.ops.roi_align`` itself, applied to an identity map (one
+channel per feature cell), so the sampling is exactly torchvision's. The product runs as one batched
+matmul, and its backward pass is a matmul too, where torchvision's CPU backward is a single-threaded
+scatter: 6.6x faster at the small preset's training step, and faster in inference as well (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -48,18 +55,45 @@ def frame_roi_align_max(
     """
     check_roi_inputs(features, boxes, mask)
     batch, channels, frames, height, width = features.shape
-    count = boxes.shape[2]
-    images = features.transpose(1, 2).reshape(batch * frames, channels, height, width)
-    boxes = torch.where(mask[..., None], boxes, 0.0).to(features.dtype)
-    # RoI k = (b * T' + t) * N + i pools image b * T' + t.
-    index = torch.arange(batch * frames, device=features.device, dtype=features.dtype)
-    index = index.reshape(batch, frames, 1, 1).expand(batch, frames, count, 1)
-    rois = torch.cat([index, boxes], dim=-1).reshape(-1, 5)
-    bins = roi_align(
-        images, rois, output_size, spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, aligned=True
-    )
-    nodes = bins.amax(dim=(2, 3)).reshape(batch, frames, count, channels)
+    count, cells, bins = boxes.shape[2], height * width, output_size * output_size
+    weights = interpolation_weights(boxes, mask, (height, width), spatial_scale, output_size, sampling_ratio)
+    weights = weights.to(features.dtype).reshape(batch * frames, count * bins, cells)
+    frame_features = features.transpose(1, 2).reshape(batch * frames, channels, cells).transpose(1, 2)
+    pooled = torch.bmm(weights, frame_features)  # [B * T', N * S * S, C]: the average bins
+    nodes = pooled.reshape(batch, frames, count, bins, channels).amax(dim=3)
     return torch.where(mask[..., None], nodes, 0.0)
+
+
+def interpolation_weights(
+    boxes: torch.Tensor,
+    mask: torch.Tensor,
+    feature_size: tuple[int, int],
+    spatial_scale: float,
+    output_size: int,
+    sampling_ratio: int,
+) -> torch.Tensor:
+    """RoIAlign as weights: bins[k, s] = sum over cells p of weights[..., k, s, p] * feature[p].
+
+    boxes: float [B, T', N, 4] in input pixels, mask: bool [B, T', N], feature_size: (H', W')
+    -> weights float32 [B, T', N, S * S, H' * W'] (S = output_size; padded boxes give zero rows).
+    Computed without gradient: ``roi_align`` of an identity map whose channel p is 1 at cell p.
+    """
+    height, width = feature_size
+    cells = height * width
+    with torch.no_grad():
+        identity = torch.eye(cells, device=boxes.device).reshape(1, cells, height, width)
+        flat = torch.where(mask[..., None], boxes, 0.0).float().reshape(-1, 4)
+        rois = torch.cat([flat.new_zeros(flat.shape[0], 1), flat], dim=1)
+        weights = roi_align(
+            identity,
+            rois,
+            output_size,
+            spatial_scale=spatial_scale,
+            sampling_ratio=sampling_ratio,
+            aligned=True,
+        )  # [B * T' * N, H' * W', S, S]
+        weights = weights.flatten(2).transpose(1, 2)
+    return weights.reshape(*boxes.shape[:3], output_size * output_size, cells)
 
 
 class FrameRoIAlignMax(nn.Module):
