@@ -116,19 +116,11 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     return flops / measure(run, repeats) / 1e9
 
 
-def _baddbmm_flops(self_shape, a_shape, b_shape, *args, **kwargs) -> int:
-    batch, rows, inner = a_shape
-    return 2 * batch * rows * b_shape[-1] * inner
-
-
 def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call as torch.utils.flop_counter counts them (matmuls; a multiply-add counts 2).
+    """FLOPs of one call, counted as ``strg model summary`` counts them (a multiply-add counts 2)."""
+    from strg_deploy.models.summary import flop_counter
 
-    The in-place ``baddbmm_`` is missing from the counter's registry; it is counted like ``baddbmm``.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.baddbmm_: _baddbmm_flops}) as counter:
+    with flop_counter() as counter:
         fn()
     return counter.get_total_flops()
 

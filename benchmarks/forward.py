@@ -1,7 +1,7 @@
 """Forward time at batch 1 for each preset on this CPU: each network of the contract and the whole model.
 
 The RPN runs on the clip's T' sampled frames; the whole model is rpn -> backbone -> head. FLOPs come from
-torch.utils.flop_counter (a multiply-add counts 2; RoIAlign and NMS are not counted).
+torch.utils.flop_counter (a multiply-add counts 2; only convolutions and matrix products).
 Run: ``python benchmarks/forward.py [--presets paper-r50 small tiny] [--repeats R] [--threads K]``.
 """
 

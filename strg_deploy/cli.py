@@ -125,7 +125,8 @@ def model_summary(
     """Parameters and FLOPs per stage, and the output shape of each of the three networks.
 
     FLOPs come from torch.utils.flop_counter, which counts a multiply-add as 2 FLOPs; the literature's
-    "153 GFLOPs" for I3D-R50 are multiply-adds (GMACs, also shown). RoIAlign and NMS are not counted.
+    "153 GFLOPs" for I3D-R50 are multiply-adds (GMACs, also shown). Only convolutions and matrix
+    products are counted.
     """
     from strg_deploy.extras import require
 
@@ -143,5 +144,5 @@ def model_summary(
     console.print(summary.network_table())
     console.print(
         "[dim]FLOPs: torch.utils.flop_counter, a multiply-add counts as 2 FLOPs (GMACs = GFLOPs / 2); "
-        "RoIAlign and NMS are not counted.[/dim]"
+        "only convolutions and matrix products are counted.[/dim]"
     )

@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from strg_deploy.config import FUSIONS
 from strg_deploy.errors import StrgError
 from strg_deploy.models.graphs import similarity_graph
 
 GRAPHS = ("similarity", "forward", "backward")
-FUSIONS = ("sum", "towers")
 
 
 class GraphConvLayer(nn.Module):

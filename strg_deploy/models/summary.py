@@ -1,8 +1,9 @@
 """Parameters, FLOPs and output shapes per stage of a model, from one forward pass on a random clip.
 
 FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode`, which counts a multiply-add as 2 FLOPs
-(the literature's "153 GFLOPs" for I3D-R50 are multiply-adds: GMACs here). Ops without a FLOP formula
-(RoIAlign, NMS, the IoU arithmetic of the graphs) count as 0.
+(the literature's "153 GFLOPs" for I3D-R50 are multiply-adds: GMACs here). Only matrix products and
+convolutions are counted: NMS, the IoU arithmetic of the graphs and elementwise ops count as 0; RoIAlign
+counts as the matrix product it runs as.
 """
 
 from __future__ import annotations
@@ -16,6 +17,18 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from strg_deploy.config import ModelConfig
 from strg_deploy.models.strg import STRG, build_model
+
+
+def _baddbmm_flops(self_shape, a_shape, b_shape, *args, **kwargs) -> int:
+    batch, rows, inner = a_shape
+    return 2 * batch * rows * b_shape[-1] * inner
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FLOP counter, also counting the in-place ``baddbmm_`` (missing from its registry) that the
+    graph layers use for the space-time terms."""
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.baddbmm_: _baddbmm_flops})
+
 
 # (network, stage, module paths inside the model whose FLOPs and parameters make up the stage);
 # the stage's output shape is that of its last module.
@@ -166,7 +179,7 @@ def summarize(cfg: ModelConfig, batch: int = 1, seed: int = 0) -> ModelSummary:
             )
             hooks.append(hook)
     clip = torch.randint(0, 256, (batch, 3, cfg.frames, cfg.size, cfg.size), dtype=torch.uint8)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    with torch.inference_mode(), flop_counter() as counter:
         logits = model(clip)
     for hook in hooks:
         hook.remove()
@@ -184,6 +197,12 @@ def summarize(cfg: ModelConfig, batch: int = 1, seed: int = 0) -> ModelSummary:
         for network, stage, paths in spec
         if paths[-1] in modules
     ]
+    for network in ("rpn", "backbone", "head"):
+        rest = _flops_under(counts, root, network) - sum(r.flops for r in stages if r.network == network)
+        if network in modules and rest > 0:
+            label = {"rpn": "anchors, NMS", "backbone": "normalisation", "head": "RoIAlign, graphs, pooling"}
+            index = max(i for i, r in enumerate(stages) if r.network == network) + 1
+            stages.insert(index, StageRow(network, label[network], 0, rest, None))
     T, S, N = cfg.frames, cfg.size, cfg.proposals.num_boxes
     Tf = cfg.feature_frames
     contract = {
