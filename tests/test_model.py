@@ -70,6 +70,17 @@ def test_given_boxes_skip_the_rpn(strg, tiny):
         strg(clip, boxes)
 
 
+def test_training_reaches_backbone_and_head_but_not_the_frozen_rpn(tiny):
+    torch.manual_seed(0)
+    model = STRG(tiny).train()
+    assert not any(p.requires_grad for p in model.rpn.parameters())
+    loss = model.loss(model(random_clip(tiny)), torch.tensor([1, 3]))
+    loss.backward()
+    assert all(p.grad is None for p in model.rpn.parameters())
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None for _, p in trainable), [n for n, p in trainable if p.grad is None]
+
+
 def test_bad_clip_shape_names_expected_and_actual(strg, tiny):
     clip = torch.zeros(1, 3, 7, tiny.size, tiny.size, dtype=torch.uint8)
     with pytest.raises(StrgError, match=r"\[B, 3, 8, 64, 64\].*\[1, 3, 7, 64, 64\]"):

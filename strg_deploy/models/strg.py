@@ -32,13 +32,14 @@ class STRG(nn.Module):
 
     forward(clip uint8 [B, 3, T, H, W], boxes float32 [B, T', N, 4] | None, mask bool [B, T', N] | None)
     -> logits float32 [B, C]. Without boxes the RPN proposes them on every (T/T')-th frame; with boxes
-    (ground truth or precomputed proposals) the RPN is skipped.
+    (ground truth or precomputed proposals) the RPN is skipped. The RPN is frozen (its parameters do not
+    require gradients); fine-tuning it is a separate task on data with ground-truth boxes.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg.validate()
-        self.rpn = RegionProposer(cfg)
+        self.rpn = RegionProposer(cfg).requires_grad_(False)  # frozen: proposals are inputs, not learned
         self.backbone = Backbone(cfg)
         self.head = GraphHead(cfg)
 
