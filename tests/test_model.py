@@ -78,7 +78,9 @@ def test_training_reaches_backbone_and_head_but_not_the_frozen_rpn(tiny):
     loss.backward()
     assert all(p.grad is None for p in model.rpn.parameters())
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all(p.grad is not None for _, p in trainable), [n for n, p in trainable if p.grad is None]
+    assert trainable and all(p.grad is not None for _, p in trainable), [
+        n for n, p in trainable if p.grad is None
+    ]
 
 
 def test_bad_clip_shape_names_expected_and_actual(strg, tiny):
