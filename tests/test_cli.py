@@ -18,6 +18,13 @@ RUNTIME_MODULES = [
     "strg_deploy.errors",
     "strg_deploy.fileio",
     "strg_deploy.cli",
+    "strg_deploy.data.video",
+    "strg_deploy.data.info",
+    "strg_deploy.data.sampling",
+    "strg_deploy.data.transforms",
+    "strg_deploy.data.datasets",
+    "strg_deploy.data.cache",
+    "strg_deploy.data.synthetic",
 ]
 
 

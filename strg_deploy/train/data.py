@@ -1,0 +1,183 @@
+"""Loading clips for training and evaluation: a torch Dataset over the dataset readers' records.
+
+Each item samples T frame times (the paper's span sampling, or dense), reads the frames from the decoded
+cache (:class:`~strg_deploy.data.cache.ClipCache`) or straight from the file (seek + decode at the
+cache's short side with FFmpeg's scaler), applies the train or eval transform to the frames and their
+ground-truth boxes together, and returns::
+
+    clip    uint8  [3, T, S, S]     (the model normalises inside)
+    target  int64  []  or float32 [C] (single- or multi-label, for the clip's time span)
+    boxes   float32 [T', N, 4]      (only with box tracks: boxes of input frames stride * t, padded to N)
+    mask    bool   [T', N]
+    video   int64  []               (record index: scores of several views average per video)
+
+Randomness is seeded per (seed, epoch, item), so a run is reproducible whatever the worker count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from strg_deploy.config import ModelConfig
+from strg_deploy.data.cache import ClipCache, DecodedVideo, short_side_size
+from strg_deploy.data.datasets import BoxTracks, Dataset, VideoRecord
+from strg_deploy.data.sampling import SamplingConfig, View, test_views
+from strg_deploy.data.transforms import EvalTransform, TrainTransform
+from strg_deploy.data.video import open_video
+from strg_deploy.errors import StrgError
+from strg_deploy.models.proposals import pad_to_n
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How clips are read: sampling, the decode short side, the eval resize, views per video."""
+
+    sampling: str = "paper"  # "paper" (T frames over span_seconds) or "dense" (fixed frame stride)
+    stride: int = 2  # dense sampling's frame stride
+    short_side: int | None = None  # decode / cache short side; default round(size * 8 / 7)
+    temporal_clips: int = 1  # evaluation views per video: K temporal clips ...
+    spatial_crops: int = 1  # ... times 1 or 3 spatial crops
+    scale: tuple[float, float] = (0.25, 1.0)  # random resized crop area range
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Clips of a :class:`Dataset` for a model config; see the module docstring for the items.
+
+    train=True: one random clip per video per epoch (random span, random resized crop, flip where the
+    dataset allows it). train=False: ``temporal_clips * spatial_crops`` fixed views per video.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        cfg: ModelConfig,
+        *,
+        train: bool,
+        loader: LoaderConfig = LoaderConfig(),
+        tracks: dict[str, BoxTracks] | None = None,
+        cache: ClipCache | str | Path | None = None,
+        seed: int = 0,
+    ):
+        if dataset.num_classes != cfg.num_classes:
+            raise StrgError(
+                f"the data has {dataset.num_classes} classes, the model config {cfg.num_classes}: "
+                "build the config with cfg.with_classes(dataset.classes)"
+            )
+        self.dataset = dataset
+        self.cfg = cfg
+        self.train = train
+        self.loader = loader
+        self.tracks = tracks
+        self.seed = seed
+        self.epoch = 0
+        self.short_side = loader.short_side or round(cfg.size * 8 / 7)
+        if isinstance(cache, (str, Path)):
+            cache = ClipCache(cache, self.short_side)
+        self.cache = cache
+        self.sampling = SamplingConfig(
+            mode=loader.sampling, frames=cfg.frames, span_seconds=cfg.span_seconds, stride=loader.stride
+        )
+        if train:
+            self.transform = TrainTransform(cfg.size, scale=loader.scale, allow_flip=dataset.allow_flip)
+        else:
+            self.transform = EvalTransform(cfg.size, resize=self.short_side)
+        self.views_per_video = 1 if train else loader.temporal_clips * loader.spatial_crops
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose random clips the next iteration draws (call before each epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset.records) * self.views_per_video
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        video_index, view_index = divmod(item, self.views_per_video)
+        record = self.dataset.records[video_index]
+        rng = np.random.default_rng([self.seed, self.epoch, item]) if self.train else None
+        frames, times, duration = self._read(record, rng, view_index)
+        boxes, mask = self._boxes(record, times, frames.shape[2], frames.shape[1])
+        if self.train:
+            frames, boxes, mask = self.transform(frames, boxes, mask, rng=rng)
+        else:
+            crop = self._view(duration, view_index).crop
+            frames, boxes, mask = self.transform(frames, boxes, mask, crop=crop)
+        sample = {
+            "clip": torch.from_numpy(np.ascontiguousarray(frames.transpose(3, 0, 1, 2))),
+            "target": torch.as_tensor(self.dataset.targets(record, float(times[0]), float(times[-1]))),
+            "video": torch.tensor(video_index),
+        }
+        if boxes is not None:
+            stride = self.cfg.backbone.temporal_stride
+            padded = pad_to_n(
+                torch.from_numpy(np.ascontiguousarray(boxes[::stride])),
+                torch.from_numpy(np.ascontiguousarray(mask[::stride])),
+                self.cfg.proposals.num_boxes,
+            )
+            sample["boxes"], sample["mask"] = padded.boxes, padded.mask
+        return sample
+
+    def _view(self, duration: float, view_index: int) -> View:
+        views = test_views(
+            duration,
+            self.cfg.frames,
+            self.cfg.span_seconds,
+            self.loader.temporal_clips,
+            self.loader.spatial_crops,
+        )
+        return views[view_index]
+
+    def _times(self, duration: float, fps: float | None, rng, view_index: int) -> np.ndarray:
+        if self.train or self.sampling.mode == "dense":
+            return self.sampling.times(duration, fps, rng=rng, position=0.5)
+        return self._view(duration, view_index).times
+
+    def _read(self, record: VideoRecord, rng, view_index: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """(frames uint8 [T, H, W, 3] at the short side, frame times float64 [T], video duration)."""
+        if self.cache is not None:
+            video: DecodedVideo = self.cache.load(record.source, fps=record.fps)
+            fps = len(video.times) / video.duration if video.duration else None
+            times = self._times(video.duration, fps, rng, view_index)
+            frames, frame_times = video.at(times)
+            return frames, frame_times, video.duration
+        with open_video(record.source, fps=record.fps, threads=1) as reader:
+            duration = record.duration or reader.duration
+            if not duration:
+                stamps = reader.frame_times()
+                step = (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1) if len(stamps) > 1 else 1.0
+                duration = float(stamps[-1] - stamps[0] + step)
+            times = self._times(duration, reader.nominal_fps or record.fps, rng, view_index)
+            clip = reader.read_at(times, size=short_side_size(*reader.size, self.short_side))
+        return clip.images, clip.times, duration
+
+    def _boxes(self, record: VideoRecord, times: np.ndarray, width: int, height: int):
+        """Ground-truth boxes at the picked frames, scaled to the decoded size: ([T, K, 4], [T, K])."""
+        if self.tracks is None:
+            return None, None
+        track = self.tracks.get(record.video_id)
+        if track is None:
+            raise StrgError(f"no ground-truth boxes for video {record.video_id!r}")
+        boxes, valid = track.boxes_at_times(times)
+        scale = np.array([width / track.width, height / track.height] * 2, dtype=np.float32)
+        return boxes * scale, valid
+
+
+def make_loader(
+    dataset: ClipDataset, batch_size: int, *, workers: int = 2, shuffle: bool | None = None, seed: int = 0
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``dataset`` (shuffled when training), with a seeded shuffle order."""
+    shuffle = dataset.train if shuffle is None else shuffle
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=generator,
+        drop_last=dataset.train,
+        persistent_workers=False,
+        pin_memory=False,
+    )
