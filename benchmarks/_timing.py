@@ -1,4 +1,7 @@
-"""Shared helpers of the benchmark scripts: machine description, timing, fp32 matmul speed, rich tables."""
+"""Shared helpers of the benchmark scripts: machine description, timing, fp32 matmul speed, rich tables.
+
+torch is imported only inside the helpers that use it, so torch-free benchmarks can share the rest.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -32,6 +34,8 @@ def cpu_model() -> str:
 
 
 def machine_info() -> dict[str, Any]:
+    import torch
+
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -103,6 +107,8 @@ def measure_interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup:
 
 def matmul_problem(size: int = 2048) -> tuple[Callable[[], Any], int]:
     """A size x size x size fp32 matmul to time (the machine's reference) and its FLOPs (2 * size**3)."""
+    import torch
+
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=gen)
     b = torch.randn(size, size, generator=gen)
@@ -145,6 +151,8 @@ def ms(seconds: float) -> str:
 def clip_boxes(batch: int, frames: int, count: int, size: float = 224.0, seed: int = 0):
     """Benchmark inputs: boxes float [B, T, N, 4] drifting over time inside a size x size frame, and
     mask bool [B, T, N] with about 20 % of the slots padded (zero boxes, as the model contract pads)."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     corner = torch.rand(batch, 1, count, 2, generator=gen) * size * 0.67
     corner = corner + torch.randn(batch, frames, count, 2, generator=gen).cumsum(1) * 4

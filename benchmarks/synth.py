@@ -22,20 +22,12 @@ from rich.table import Table
 
 from strg_deploy.data import synthetic as synth
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import cpu_model  # noqa: E402
+
 TARGET_VIDEOS, TARGET_SECONDS = 1000, 120.0
 
 console = Console() if sys.stdout.isatty() else Console(width=140)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def stage_times(size: int, frames: int, pan: bool, count: int = 28) -> dict[str, float]:
