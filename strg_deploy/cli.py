@@ -257,3 +257,147 @@ def data_synth(
         f"({len(summary.classes)} classes, {summary.bytes_written / 1e6:.1f} MB) to {out} "
         f"in {summary.seconds:.1f} s"
     )
+
+
+@app.command("train")
+@reports_errors
+def train(
+    data: Annotated[Path, typer.Option("--data", help="Dataset root (annotations and videos).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder: last/, best/, metrics.jsonl.")],
+    data_format: Annotated[str, typer.Option("--format", help="ssv2, ssv1, charades or folders.")] = "ssv2",
+    preset_name: PresetOption = "small",
+    model: Annotated[str, typer.Option("--model", help="strg or i3d (the baseline, stage 1).")] = "strg",
+    boxes: Annotated[
+        Path | None, typer.Option("--boxes", help="Ground-truth box tracks (boxes.jsonl).")
+    ] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Decoded-clip cache folder.")] = None,
+    init: Annotated[
+        Path | None, typer.Option("--init", help="Backbone from an I3D/STRG checkpoint folder.")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.")] = False,
+    options_file: Annotated[
+        Path | None, typer.Option("--options", help="JSON file of training options.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate for a batch of 8 (scaled).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0)] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = None,
+    freeze_bn: Annotated[bool | None, typer.Option("--freeze-bn/--train-bn")] = None,
+) -> None:
+    """Train STRG or the I3D baseline; checkpoints in OUT/last and OUT/best, metrics in OUT/metrics.jsonl.
+
+    SGD with momentum 0.9 and weight decay, a linear warm-up then a cosine schedule, gradient clipping.
+    Options come from --options (a JSON file of training options) overridden by the flags.
+    """
+    from strg_deploy.extras import require
+
+    require("torch", "strg train")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from strg_deploy.train.run import RunSpec, options_from_file, train_run
+
+    if model not in ("strg", "i3d"):
+        raise StrgError(f"--model must be strg or i3d, got {model!r}")
+    overrides = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "workers": workers,
+        "seed": seed,
+        "device": device,
+        "freeze_bn": freeze_bn,
+    }
+    options = options_from_file(options_file, overrides)
+    spec = RunSpec(data, data_format, preset_name, model, out, boxes, cache, init, resume)
+    progress = Progress(
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    task = progress.add_task("train", total=None, loss=float("nan"))
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(task, completed=step, total=total, loss=loss)
+
+    try:
+        position = train_run(spec, options, on_step)
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+    table = new_table(f"{out}: validation per epoch")
+    for column in ("epoch", "step", "top1", "top5", "mean class acc", "mAP"):
+        table.add_column(column, justify="right")
+    metrics_path = out / "metrics.jsonl"
+    if metrics_path.exists():
+        for line in metrics_path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            cells = [row.get(k) for k in ("top1", "top5", "mean_class_accuracy", "map")]
+            table.add_row(
+                str(row["epoch"]),
+                str(row["global_step"]),
+                *("-" if v is None else f"{100 * v:.1f}" for v in cells),
+            )
+    console.print(table)
+    console.print(f"best {position.best_metric} after {position.global_step} steps; checkpoints in {out}")
+
+
+@app.command("eval")
+@reports_errors
+def evaluate_checkpoint(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint folder, e.g. RUN_DIR/best.")],
+    data: Annotated[Path, typer.Option("--data", help="Dataset root (annotations and videos).")],
+    data_format: Annotated[str, typer.Option("--format", help="ssv2, ssv1, charades or folders.")] = "ssv2",
+    split: Annotated[str, typer.Option("--split", help="validation or test.")] = "validation",
+    boxes: Annotated[
+        Path | None, typer.Option("--boxes", help="Ground-truth box tracks (boxes.jsonl).")
+    ] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Decoded-clip cache folder.")] = None,
+    clips: Annotated[int, typer.Option("--clips", min=1, help="Temporal clips per video.")] = 2,
+    crops: Annotated[int, typer.Option("--crops", help="Spatial crops per clip: 1 or 3.")] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    workers: Annotated[int, typer.Option("--workers", min=0)] = 2,
+    device: Annotated[str, typer.Option("--device")] = "auto",
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate a checkpoint per video: scores of all test views averaged, then top-1/top-5 and
+    per-class accuracy (single-label) or mAP over classes with positives (multi-label, Charades)."""
+    from strg_deploy.extras import require
+
+    require("torch", "strg eval")
+    from strg_deploy.train.run import RunSpec, eval_run
+
+    spec = RunSpec(data, data_format, "", "", checkpoint, boxes, cache, temporal_clips=clips)
+    metrics = eval_run(
+        checkpoint,
+        spec,
+        split=split,
+        spatial_crops=crops,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+    )
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=2))
+        return
+    table = new_table(f"{checkpoint} on {split}: {metrics['num_videos']} videos, per class")
+    table.add_column("class")
+    table.add_column("videos", justify="right")
+    table.add_column("AP" if metrics["multi_label"] else "accuracy", justify="right")
+    for name, value in metrics["per_class"].items():
+        shown = "-" if value is None else f"{100 * value:.1f}"
+        table.add_row(name, str(metrics["class_counts"][name]), shown)
+    console.print(table)
+    if metrics["multi_label"]:
+        console.print(f"mAP {100 * metrics['map']:.2f} (classes with positives)")
+    else:
+        console.print(
+            f"top-1 {100 * metrics['top1']:.2f}  top-5 {100 * metrics['top5']:.2f}  "
+            f"mean class accuracy {100 * metrics['mean_class_accuracy']:.2f}"
+        )

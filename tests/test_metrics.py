@@ -287,8 +287,8 @@ def test_end_to_end_views_to_report():
     logits = rng.normal(size=(videos * views, classes))
     probs = _softmax(logits)
     for start in range(0, len(view_ids), 8):  # views of a video spread over shuffled batches
-        idx = view_ids[start:start + 8]
-        acc.add(idx, probs[start:start + 8], labels[idx])
+        idx = view_ids[start : start + 8]
+        acc.add(idx, probs[start : start + 8], labels[idx])
     ids, averaged = acc.averaged()
     expected = np.stack([probs[view_ids == v].mean(axis=0) for v in range(videos)])
     np.testing.assert_allclose(averaged, expected)

@@ -183,8 +183,10 @@ class VideoScores:
             np.maximum.at(high, inverse, views)
             if (low != high).any():
                 bad = unique[low != high][0]
-                raise StrgError(f"the views of video {bad} disagree on its label ({low[low != high][0]} "
-                                f"and {high[low != high][0]})")
+                raise StrgError(
+                    f"the views of video {bad} disagree on its label ({low[low != high][0]} "
+                    f"and {high[low != high][0]})"
+                )
             targets = low
         elif self._targets_kind == "multi":
             targets = np.zeros((unique.shape[0], self._num_classes), bool)
@@ -405,13 +407,17 @@ def evaluate(
     else:
         names = tuple(str(n) for n in class_names)
         if len(names) != num_classes:
-            raise StrgError(f"class_names: expected {num_classes} names (scores have {num_classes} "
-                            f"classes), got {len(names)}")
+            raise StrgError(
+                f"class_names: expected {num_classes} names (scores have {num_classes} "
+                f"classes), got {len(names)}"
+            )
     if multi_label:
         t = _binary(labels_or_targets, s.shape)
         mean_ap, per_class = mean_average_precision(s, t)
         return EvalResult(
-            multi_label=True, class_names=names, num_videos=num_videos,
+            multi_label=True,
+            class_names=names,
+            num_videos=num_videos,
             per_class=tuple(float(v) for v in per_class),
             class_counts=tuple(int(v) for v in t.sum(axis=0)),
             map=mean_ap,
@@ -420,9 +426,12 @@ def evaluate(
     top = topk_accuracy(s, labels, (1, 5))
     per_class = per_class_accuracy(s, labels, num_classes)
     return EvalResult(
-        multi_label=False, class_names=names, num_videos=num_videos,
+        multi_label=False,
+        class_names=names,
+        num_videos=num_videos,
         per_class=tuple(float(v) for v in per_class),
         class_counts=tuple(int(v) for v in np.bincount(labels, minlength=num_classes)),
-        top1=top[1], top5=top[5],
+        top1=top[1],
+        top5=top[5],
         mean_class_accuracy=float(np.nanmean(per_class)),
     )

@@ -1,0 +1,193 @@
+"""The training loop: epochs of SGD steps, validation per video, `last/` and `best/` checkpoints, resume.
+
+``fit`` trains a model on a :class:`~strg_deploy.train.data.ClipDataset`. Every step is reproducible from
+(seed, epoch, position): the shuffle order of an epoch comes from the seed and the epoch alone, the clip
+of an item from (seed, epoch, item), and the checkpoint carries the model, optimiser, schedule and RNG
+states, so a run stopped after any saved step and resumed ends with the weights of an uninterrupted run.
+Metrics go to ``RUN_DIR/metrics.jsonl`` (one JSON object per validation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from strg_deploy.errors import StrgError
+from strg_deploy.train.checkpoint import TrainPosition, load_checkpoint, save_checkpoint
+from strg_deploy.train.data import ClipDataset
+from strg_deploy.train.metrics import VideoScores, evaluate
+from strg_deploy.train.optim import make_optimizer, scaled_lr, warmup_cosine
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Options of a run. ``lr`` is quoted for a batch of 8 and scaled linearly with ``batch_size``."""
+
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    max_grad_norm: float = 10.0
+    workers: int = 2
+    seed: int = 0
+    freeze_bn: bool = False
+    device: str = "auto"
+    save_every: int = 0  # also save last/ every this many steps inside an epoch (0: at epoch ends only)
+    max_steps: int | None = None  # stop (after saving last/) once this many steps ran in total
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """The items of one epoch in an order fixed by (seed, epoch), starting at position ``start``."""
+
+    def __init__(self, size: int, seed: int, epoch: int, start: int = 0, shuffle: bool = True):
+        self.size, self.seed, self.epoch, self.start, self.shuffle = size, seed, epoch, start, shuffle
+
+    def order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.size)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order()[self.start :].tolist())
+
+    def __len__(self) -> int:
+        return max(self.size - self.start, 0)
+
+
+def choose_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise StrgError(f"unknown device {name!r}: {err}") from None
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def _freeze_batch_norm(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+
+
+def validate(model: nn.Module, dataset: ClipDataset, batch_size: int, workers: int, device) -> dict:
+    """Scores of every view averaged per video, then the dataset's metrics (see train.metrics)."""
+    model.eval()
+    scores = VideoScores()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    with torch.inference_mode():
+        for batch in loader:
+            batch = _to(batch, device)
+            logits = model(batch["clip"], batch.get("boxes"), batch.get("mask"))
+            probabilities = logits.sigmoid() if dataset.cfg.multi_label else logits.softmax(-1)
+            scores.add(batch["video"].cpu().numpy(), probabilities.float().cpu().numpy())
+    videos, averaged = scores.averaged()
+    records = dataset.dataset.records
+    targets = np.stack([dataset.dataset.targets(records[int(v)]) for v in videos])
+    return evaluate(averaged, targets, dataset.cfg.multi_label, dataset.cfg.classes).to_dict()
+
+
+def fit(
+    model: nn.Module,
+    train_set: ClipDataset,
+    val_set: ClipDataset | None,
+    run_dir: str | Path,
+    options: TrainOptions = TrainOptions(),
+    *,
+    resume: bool = False,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> TrainPosition:
+    """Train ``model`` (its ``loss`` gives the objective) and write checkpoints under ``run_dir``.
+
+    on_step(global_step, total_steps, loss) is called after every step (progress bars). Returns the final
+    position. With ``resume`` the run continues from ``run_dir/last``.
+    """
+    run_dir = Path(run_dir)
+    device = choose_device(options.device)
+    steps_per_epoch = len(train_set) // options.batch_size
+    if steps_per_epoch < 1:
+        raise StrgError(f"{len(train_set)} training clips make no batch of {options.batch_size}")
+    total = steps_per_epoch * options.epochs
+    torch.manual_seed(options.seed)
+    model.to(device)
+    if options.freeze_bn:
+        _freeze_batch_norm(model)
+    optimizer = make_optimizer(
+        model, scaled_lr(options.lr, options.batch_size), weight_decay=options.weight_decay
+    )
+    warmup = min(round(options.warmup_epochs * steps_per_epoch), total - 1)
+    scheduler = warmup_cosine(optimizer, total, warmup)
+    position = TrainPosition(epoch=0, step=0, global_step=0, best_metric=None, seed=options.seed)
+    if resume:
+        position = load_checkpoint(run_dir / "last", model, optimizer, scheduler).position
+    extra = {"options": dataclasses.asdict(options)}
+
+    def save(name: str) -> None:
+        save_checkpoint(run_dir, name, model, optimizer, scheduler, None, position, extra)
+
+    while position.epoch < options.epochs:
+        epoch = position.epoch
+        train_set.set_epoch(epoch)
+        sampler = EpochSampler(len(train_set), options.seed, epoch, start=position.step * options.batch_size)
+        loader = torch.utils.data.DataLoader(
+            train_set,
+            batch_size=options.batch_size,
+            sampler=sampler,
+            num_workers=options.workers,
+            drop_last=True,
+        )
+        model.train()
+        if options.freeze_bn:
+            _freeze_batch_norm(model)
+        for batch in loader:
+            batch = _to(batch, device)
+            logits = model(batch["clip"], batch.get("boxes"), batch.get("mask"))
+            loss = model.loss(logits, batch["target"])
+            if not torch.isfinite(loss):
+                raise StrgError(f"the loss became {loss.item()} at step {position.global_step}: lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if options.max_grad_norm > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            position = dataclasses.replace(
+                position, step=position.step + 1, global_step=position.global_step + 1
+            )
+            if on_step is not None:
+                on_step(position.global_step, total, float(loss.detach()))
+            stop = options.max_steps is not None and position.global_step >= options.max_steps
+            if stop or (options.save_every and position.step % options.save_every == 0):
+                save("last")
+            if stop:
+                return position
+        position = dataclasses.replace(position, epoch=epoch + 1, step=0)
+        metrics = {"epoch": epoch + 1, "global_step": position.global_step, "lr": scheduler.get_last_lr()[0]}
+        improved = False
+        if val_set is not None:
+            metrics.update(validate(model, val_set, options.batch_size, options.workers, device))
+            headline = metrics["headline"]
+            improved = position.best_metric is None or headline > position.best_metric
+            if improved:
+                position = dataclasses.replace(position, best_metric=headline)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:
+            log.write(json.dumps(metrics) + "\n")
+        save("last")
+        if improved or val_set is None:
+            save("best")
+    return position
