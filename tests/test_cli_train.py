@@ -40,11 +40,31 @@ def test_train_resume_and_errors(tmp_path):
     assert result.exit_code == 0, result.output
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
+    evaluated = runner.invoke(
+        app,
+        [
+            "eval",
+            str(run / "best"),
+            "--data",
+            str(data),
+            "--boxes",
+            str(data / "boxes.jsonl"),
+            "--workers",
+            "0",
+            "--crops",
+            "3",
+            "--json",
+        ],
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    metrics = json.loads(evaluated.stdout)
+    assert metrics["num_videos"] == 4 and 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
 
     options = tmp_path / "options.json"
     options.write_text('{"epochz": 3}')
     for args, message in [
         ([*common, "--options", str(options)], "unknown training options ['epochz']"),
+        (["eval", str(run / "best"), "--data", str(data), "--format", "folders"], "split folder not found"),
         ([*common[:-2], "--workers", "0", "--format", "kinetics"], "unknown data format 'kinetics'"),
         (["train", "--data", str(data), "--out", str(tmp_path / "new"), "--resume"], "nothing to resume"),
         ([*common[:6], "small", *common[7:], "--resume"], "is for preset 'tiny', the model is 'small'"),
