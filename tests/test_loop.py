@@ -10,6 +10,7 @@ import torch
 from strg_deploy.config import preset
 from strg_deploy.data.datasets import read_box_tracks, read_something_something_v2
 from strg_deploy.data.synthetic import generate
+from strg_deploy.errors import StrgError
 from strg_deploy.models.serialization import load_pretrained
 from strg_deploy.models.strg import build_model
 from strg_deploy.train.data import ClipDataset, LoaderConfig
@@ -80,3 +81,21 @@ def test_a_stopped_run_resumes_to_the_same_weights(data, tmp_path):
     fit(resumed, train_set, None, tmp_path / "stopped", OPTIONS, resume=True)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_unreadable_videos_are_skipped_counted_and_bounded(tmp_path):
+    root = tmp_path / "synth"
+    generate(root, videos_train=8, videos_validation=2, size=64, frames=16, workers=1, seed=2)
+    (root / "videos" / "3.mp4").write_bytes(b"damaged beyond repair")
+    train = read_something_something_v2(root, "train")
+    cfg = preset("tiny").with_classes(train.classes)
+    dataset = ClipDataset(train, cfg, train=True, tracks=read_box_tracks(root / "boxes.jsonl"))
+    broken = [r.video_id for r in train.records].index("3")
+    assert int(dataset[broken]["skipped"]) == 1 and int(dataset[broken]["video"]) == broken + 1
+    options = TrainOptions(epochs=1, batch_size=4, workers=0, max_unreadable=0.5)
+    fit(fresh_model(cfg), dataset, None, tmp_path / "run", options)
+    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert metrics["unreadable_videos"] >= 1
+    strict = TrainOptions(epochs=1, batch_size=4, workers=0, max_unreadable=0.0)
+    with pytest.raises(StrgError, match=r"could not be decoded \(more than max_unreadable = 0%\)"):
+        fit(fresh_model(cfg), dataset, None, tmp_path / "strict", strict)

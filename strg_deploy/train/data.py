@@ -10,6 +10,7 @@ ground-truth boxes together, and returns::
     boxes   float32 [T', N, 4]      (only with box tracks: boxes of input frames stride * t, padded to N)
     mask    bool   [T', N]
     video   int64  []               (record index: scores of several views average per video)
+    skipped int64  []               (unreadable videos passed over to find this one; 0 normally)
 
 Randomness is seeded per (seed, epoch, item), so a run is reproducible whatever the worker count.
 """
@@ -95,7 +96,25 @@ class ClipDataset(torch.utils.data.Dataset):
         return len(self.dataset.records) * self.views_per_video
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        """The item's sample. In training an unreadable video is replaced by the next readable one and
+        ``skipped`` (int64 []) counts the videos passed over, so the loop can count them across workers
+        and stop when too many fail; in evaluation an unreadable video is an error."""
         video_index, view_index = divmod(item, self.views_per_video)
+        records = self.dataset.records
+        attempts = len(records) if self.train else 1
+        for skipped in range(attempts):
+            index = (video_index + skipped) % len(records)
+            try:
+                sample = self._sample(index, item, view_index)
+            except StrgError:
+                if skipped + 1 == attempts:
+                    raise
+                continue
+            sample["skipped"] = torch.tensor(skipped)
+            return sample
+        raise AssertionError("unreachable")
+
+    def _sample(self, video_index: int, item: int, view_index: int) -> dict[str, torch.Tensor]:
         record = self.dataset.records[video_index]
         rng = np.random.default_rng([self.seed, self.epoch, item]) if self.train else None
         frames, times, duration = self._read(record, rng, view_index)

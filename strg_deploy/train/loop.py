@@ -42,6 +42,7 @@ class TrainOptions:
     device: str = "auto"
     save_every: int = 0  # also save last/ every this many steps inside an epoch (0: at epoch ends only)
     max_steps: int | None = None  # stop (after saving last/) once this many steps ran in total
+    max_unreadable: float = 0.1  # stop when more than this fraction of an epoch's videos cannot be read
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
@@ -82,6 +83,14 @@ def _freeze_batch_norm(model: nn.Module) -> None:
             module.eval()
             for parameter in module.parameters():
                 parameter.requires_grad_(False)
+
+
+def _check_unreadable(unreadable: int, seen: int, epoch: int, limit: float) -> None:
+    if unreadable > limit * seen:
+        raise StrgError(
+            f"{unreadable} of the {seen} videos read in epoch {epoch + 1} could not be decoded "
+            f"(more than max_unreadable = {limit:.0%}): check the data"
+        )
 
 
 def validate(model: nn.Module, dataset: ClipDataset, batch_size: int, workers: int, device) -> dict:
@@ -153,7 +162,12 @@ def fit(
         model.train()
         if options.freeze_bn:
             _freeze_batch_norm(model)
+        seen = unreadable = 0
         for batch in loader:
+            seen += len(batch["skipped"]) + int(batch["skipped"].sum())
+            unreadable += int(batch["skipped"].sum())
+            if seen >= 100:  # judged early only on enough videos; always at the epoch's end
+                _check_unreadable(unreadable, seen, epoch, options.max_unreadable)
             batch = _to(batch, device)
             logits = model(batch["clip"], batch.get("boxes"), batch.get("mask"))
             loss = model.loss(logits, batch["target"])
@@ -175,8 +189,14 @@ def fit(
                 save("last")
             if stop:
                 return position
+        _check_unreadable(unreadable, seen, epoch, options.max_unreadable)
         position = dataclasses.replace(position, epoch=epoch + 1, step=0)
-        metrics = {"epoch": epoch + 1, "global_step": position.global_step, "lr": scheduler.get_last_lr()[0]}
+        metrics = {
+            "epoch": epoch + 1,
+            "global_step": position.global_step,
+            "lr": scheduler.get_last_lr()[0],
+            "unreadable_videos": unreadable,
+        }
         improved = False
         if val_set is not None:
             metrics.update(validate(model, val_set, options.batch_size, options.workers, device))
