@@ -4,13 +4,15 @@
 (seed, epoch, position): the shuffle order of an epoch comes from the seed and the epoch alone, the clip
 of an item from (seed, epoch, item), and the checkpoint carries the model, optimiser, schedule and RNG
 states, so a run stopped after any saved step and resumed ends with the weights of an uninterrupted run.
-Metrics go to ``RUN_DIR/metrics.jsonl`` (one JSON object per validation).
+Metrics go to ``RUN_DIR/metrics.jsonl`` (one JSON object per epoch: validation metrics, the training
+throughput in clips/s and the loader's share of the step time, i.e. time spent waiting for batches).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,8 +164,12 @@ def fit(
         model.train()
         if options.freeze_bn:
             _freeze_batch_norm(model)
-        seen = unreadable = 0
+        seen = unreadable = clips = 0
+        waiting = computing = 0.0
+        tick = time.perf_counter()
         for batch in loader:
+            fetched = time.perf_counter()
+            waiting += fetched - tick
             seen += len(batch["skipped"]) + int(batch["skipped"].sum())
             unreadable += int(batch["skipped"].sum())
             if seen >= 100:  # judged early only on enough videos; always at the epoch's end
@@ -179,6 +185,9 @@ def fit(
                 nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
             optimizer.step()
             scheduler.step()
+            tick = time.perf_counter()
+            computing += tick - fetched
+            clips += len(batch["skipped"])
             position = dataclasses.replace(
                 position, step=position.step + 1, global_step=position.global_step + 1
             )
@@ -196,6 +205,8 @@ def fit(
             "global_step": position.global_step,
             "lr": scheduler.get_last_lr()[0],
             "unreadable_videos": unreadable,
+            "train_clips_per_second": clips / max(waiting + computing, 1e-9),
+            "loader_share": waiting / max(waiting + computing, 1e-9),
         }
         improved = False
         if val_set is not None:
