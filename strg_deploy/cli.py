@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -331,6 +332,8 @@ def train(
     finally:
         if progress.live.is_started:
             progress.stop()
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return
     table = new_table(f"{out}: validation per epoch")
     for column in ("epoch", "step", "top1", "top5", "mean class acc", "mAP"):
         table.add_column(column, justify="right")

@@ -48,21 +48,55 @@ class TrainOptions:
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
-    """The items of one epoch in an order fixed by (seed, epoch), starting at position ``start``."""
+    """The items of one epoch in an order fixed by (seed, epoch), from position ``start`` on.
 
-    def __init__(self, size: int, seed: int, epoch: int, start: int = 0, shuffle: bool = True):
+    With ``world`` > 1 processes, global batch k (``batch_size`` items of the order) is cut into
+    ``world`` equal parts and process ``rank`` gets part ``rank``: the processes together see exactly the
+    batches a single process would, so averaged gradients equal the single-process ones.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        epoch: int,
+        start: int = 0,
+        shuffle: bool = True,
+        *,
+        batch_size: int = 1,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        if batch_size % world:
+            raise StrgError(f"the batch size {batch_size} does not split over {world} processes")
         self.size, self.seed, self.epoch, self.start, self.shuffle = size, seed, epoch, start, shuffle
+        self.batch_size, self.rank, self.world = batch_size, rank, world
 
     def order(self) -> np.ndarray:
         if not self.shuffle:
             return np.arange(self.size)
         return np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
 
+    def indices(self) -> np.ndarray:
+        order = self.order()[self.start :]
+        if self.world == 1:
+            return order
+        batches = len(order) // self.batch_size
+        parts = order[: batches * self.batch_size].reshape(batches, self.world, -1)
+        return parts[:, self.rank].reshape(-1)
+
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order()[self.start :].tolist())
+        return iter(self.indices().tolist())
 
     def __len__(self) -> int:
-        return max(self.size - self.start, 0)
+        return len(self.indices())
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) unless torch.distributed is initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def choose_device(name: str) -> torch.device:
@@ -128,6 +162,7 @@ def fit(
     position. With ``resume`` the run continues from ``run_dir/last``.
     """
     run_dir = Path(run_dir)
+    rank, world = distributed()
     device = choose_device(options.device)
     steps_per_epoch = len(train_set) // options.batch_size
     if steps_per_epoch < 1:
@@ -137,6 +172,13 @@ def fit(
     model.to(device)
     if options.freeze_bn:
         _freeze_batch_norm(model)
+    if options.batch_size % world:
+        raise StrgError(f"the batch size {options.batch_size} does not split over {world} processes")
+    forward = model
+    if world > 1:  # gradients averaged over the processes; rank 0 alone writes
+        forward = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
     optimizer = make_optimizer(
         model, scaled_lr(options.lr, options.batch_size), weight_decay=options.weight_decay
     )
@@ -148,15 +190,28 @@ def fit(
     extra = {"options": dataclasses.asdict(options)}
 
     def save(name: str) -> None:
-        save_checkpoint(run_dir, name, model, optimizer, scheduler, None, position, extra)
+        if rank == 0:
+            save_checkpoint(run_dir, name, model, optimizer, scheduler, None, position, extra)
+
+    def wait_for_rank0() -> None:
+        if world > 1:
+            torch.distributed.barrier()
 
     while position.epoch < options.epochs:
         epoch = position.epoch
         train_set.set_epoch(epoch)
-        sampler = EpochSampler(len(train_set), options.seed, epoch, start=position.step * options.batch_size)
+        sampler = EpochSampler(
+            len(train_set),
+            options.seed,
+            epoch,
+            start=position.step * options.batch_size,
+            batch_size=options.batch_size,
+            rank=rank,
+            world=world,
+        )
         loader = torch.utils.data.DataLoader(
             train_set,
-            batch_size=options.batch_size,
+            batch_size=options.batch_size // world,
             sampler=sampler,
             num_workers=options.workers,
             drop_last=True,
@@ -175,7 +230,7 @@ def fit(
             if seen >= 100:  # judged early only on enough videos; always at the epoch's end
                 _check_unreadable(unreadable, seen, epoch, options.max_unreadable)
             batch = _to(batch, device)
-            logits = model(batch["clip"], batch.get("boxes"), batch.get("mask"))
+            logits = forward(batch["clip"], batch.get("boxes"), batch.get("mask"))
             loss = model.loss(logits, batch["target"])
             if not torch.isfinite(loss):
                 raise StrgError(f"the loss became {loss.item()} at step {position.global_step}: lower --lr")
@@ -191,12 +246,13 @@ def fit(
             position = dataclasses.replace(
                 position, step=position.step + 1, global_step=position.global_step + 1
             )
-            if on_step is not None:
+            if on_step is not None and rank == 0:
                 on_step(position.global_step, total, float(loss.detach()))
             stop = options.max_steps is not None and position.global_step >= options.max_steps
             if stop or (options.save_every and position.step % options.save_every == 0):
                 save("last")
             if stop:
+                wait_for_rank0()
                 return position
         _check_unreadable(unreadable, seen, epoch, options.max_unreadable)
         position = dataclasses.replace(position, epoch=epoch + 1, step=0)
@@ -209,16 +265,18 @@ def fit(
             "loader_share": waiting / max(waiting + computing, 1e-9),
         }
         improved = False
-        if val_set is not None:
+        if val_set is not None and rank == 0:
             metrics.update(validate(model, val_set, options.batch_size, options.workers, device))
             headline = metrics["headline"]
             improved = position.best_metric is None or headline > position.best_metric
             if improved:
                 position = dataclasses.replace(position, best_metric=headline)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:
-            log.write(json.dumps(metrics) + "\n")
+        if rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:
+                log.write(json.dumps(metrics) + "\n")
         save("last")
         if improved or val_set is None:
             save("best")
+        wait_for_rank0()
     return position

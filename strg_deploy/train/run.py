@@ -74,12 +74,31 @@ def options_from_file(path: Path | None, overrides: dict[str, Any]) -> TrainOpti
     return TrainOptions(**values)
 
 
+def join_process_group(device: str) -> None:
+    """Initialise torch.distributed from torchrun's environment when it started several processes."""
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return
+    cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+
+
 def train_run(
     spec: RunSpec,
     options: TrainOptions,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> TrainPosition:
-    """Train as ``spec`` and ``options`` say; checkpoints and metrics land in ``spec.out``."""
+    """Train as ``spec`` and ``options`` say; checkpoints and metrics land in ``spec.out``.
+
+    Under torchrun (WORLD_SIZE > 1) the processes join one group (NCCL on GPUs, gloo on CPUs), each
+    takes its share of every global batch, gradients are averaged and rank 0 alone writes.
+    """
+    join_process_group(options.device)
     train = read_split(spec, "train")
     validation = read_split(spec, "validation")
     cfg = preset(spec.preset).with_classes(train.classes, multi_label=train.multi_label)
