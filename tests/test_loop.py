@@ -99,3 +99,15 @@ def test_unreadable_videos_are_skipped_counted_and_bounded(tmp_path):
     strict = TrainOptions(epochs=1, batch_size=4, workers=0, max_unreadable=0.0)
     with pytest.raises(StrgError, match=r"could not be decoded \(more than max_unreadable = 0%\)"):
         fit(fresh_model(cfg), dataset, None, tmp_path / "strict", strict)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision runs on CUDA only: needs a CUDA GPU")
+def test_cuda_mixed_precision_trains_and_saves_the_scaler(data, tmp_path):
+    cfg = data[0]
+    train_set, _ = datasets(data, tmp_path / "cache")
+    options = TrainOptions(**{**OPTIONS.__dict__, "device": "cuda", "max_steps": 2})
+    model = fresh_model(cfg)
+    fit(model, train_set, None, tmp_path / "run", options)
+    state = torch.load(tmp_path / "run" / "last" / "state.pt", weights_only=True)
+    assert state["scaler"] is not None
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -44,6 +44,7 @@ class TrainOptions:
     device: str = "auto"
     save_every: int = 0  # also save last/ every this many steps inside an epoch (0: at epoch ends only)
     max_steps: int | None = None  # stop (after saving last/) once this many steps ran in total
+    amp: bool = True  # float16 autocast with gradient scaling on CUDA (never on the CPU: bf16 was 17x slower)
     max_unreadable: float = 0.1  # stop when more than this fraction of an epoch's videos cannot be read
 
 
@@ -184,14 +185,16 @@ def fit(
     )
     warmup = min(round(options.warmup_epochs * steps_per_epoch), total - 1)
     scheduler = warmup_cosine(optimizer, total, warmup)
+    use_amp = options.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp) if use_amp else None
     position = TrainPosition(epoch=0, step=0, global_step=0, best_metric=None, seed=options.seed)
     if resume:
-        position = load_checkpoint(run_dir / "last", model, optimizer, scheduler).position
+        position = load_checkpoint(run_dir / "last", model, optimizer, scheduler, scaler).position
     extra = {"options": dataclasses.asdict(options)}
 
     def save(name: str) -> None:
         if rank == 0:
-            save_checkpoint(run_dir, name, model, optimizer, scheduler, None, position, extra)
+            save_checkpoint(run_dir, name, model, optimizer, scheduler, scaler, position, extra)
 
     def wait_for_rank0() -> None:
         if world > 1:
@@ -230,15 +233,24 @@ def fit(
             if seen >= 100:  # judged early only on enough videos; always at the epoch's end
                 _check_unreadable(unreadable, seen, epoch, options.max_unreadable)
             batch = _to(batch, device)
-            logits = forward(batch["clip"], batch.get("boxes"), batch.get("mask"))
-            loss = model.loss(logits, batch["target"])
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                logits = forward(batch["clip"], batch.get("boxes"), batch.get("mask"))
+                loss = model.loss(logits.float(), batch["target"])
             if not torch.isfinite(loss):
                 raise StrgError(f"the loss became {loss.item()} at step {position.global_step}: lower --lr")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if options.max_grad_norm > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                if options.max_grad_norm > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                if options.max_grad_norm > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
             scheduler.step()
             tick = time.perf_counter()
             computing += tick - fetched
