@@ -101,7 +101,9 @@ def test_unreadable_videos_are_skipped_counted_and_bounded(tmp_path):
         fit(fresh_model(cfg), dataset, None, tmp_path / "strict", strict)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision runs on CUDA only: needs a CUDA GPU")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="mixed precision runs on CUDA only: needs a CUDA GPU"
+)
 def test_cuda_mixed_precision_trains_and_saves_the_scaler(data, tmp_path):
     cfg = data[0]
     train_set, _ = datasets(data, tmp_path / "cache")
@@ -111,3 +113,17 @@ def test_cuda_mixed_precision_trains_and_saves_the_scaler(data, tmp_path):
     state = torch.load(tmp_path / "run" / "last" / "state.pt", weights_only=True)
     assert state["scaler"] is not None
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_metrics_also_go_to_tensorboard(data, tmp_path):
+    pytest.importorskip("tensorboard", reason="TensorBoard logging needs the tensorboard package")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = data[0]
+    train_set, val_set = datasets(data, tmp_path / "cache")
+    options = TrainOptions(**{**OPTIONS.__dict__, "epochs": 1})
+    fit(fresh_model(cfg), train_set, val_set, tmp_path / "run", options)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert {"top1", "lr", "train_clips_per_second"} <= set(events.Tags()["scalars"])
+    assert events.Scalars("top1")[0].step == 3

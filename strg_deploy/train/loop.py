@@ -122,6 +122,15 @@ def _freeze_batch_norm(model: nn.Module) -> None:
                 parameter.requires_grad_(False)
 
 
+def _tensorboard(run_dir: Path):
+    """A TensorBoard writer under RUN_DIR/tensorboard when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
 def _check_unreadable(unreadable: int, seen: int, epoch: int, limit: float) -> None:
     if unreadable > limit * seen:
         raise StrgError(
@@ -287,6 +296,12 @@ def fit(
             run_dir.mkdir(parents=True, exist_ok=True)
             with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:
                 log.write(json.dumps(metrics) + "\n")
+            board = _tensorboard(run_dir)
+            if board is not None:
+                for key, value in metrics.items():
+                    if isinstance(value, (int, float)) and key not in ("epoch", "global_step"):
+                        board.add_scalar(key, value, position.global_step)
+                board.close()
         save("last")
         if improved or val_set is None:
             save("best")
