@@ -1,1 +1,2 @@
-"""Training: data loading for torch (this issue), the loop, checkpoints and metrics (later)."""
+"""Training: the torch Dataset over data/ (data), optimiser and schedule (optim), metrics (numpy),
+checkpoints (checkpoint), the loop (loop) and the command's orchestration (run)."""
