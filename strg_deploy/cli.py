@@ -46,6 +46,15 @@ def new_table(title: str) -> Table:
     return Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
 
 
+def one_line(err: StrgError) -> str:
+    """The error's message on one line. An error raised in a DataLoader worker comes back wrapped in the
+    worker's traceback; its last line holds the original message."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    if len(lines) > 1 and "Traceback" in str(err):
+        return lines[-1].split("StrgError: ", 1)[-1]
+    return " ".join(line.strip() for line in lines)
+
+
 def reports_errors(command: F) -> F:
     """Turn a StrgError raised by ``command`` into one line on stderr and exit status 2."""
 
@@ -54,7 +63,7 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except StrgError as err:
-            typer.echo(f"error: {err}", err=True)
+            typer.echo(f"error: {one_line(err)}", err=True)
             raise typer.Exit(2) from None
 
     return run  # type: ignore[return-value]

@@ -87,3 +87,21 @@ def test_missing_torch_names_the_extra():
     assert result.stderr.strip() == (
         "error: strg model summary needs torch, which is not installed: pip install 'strg-deploy[train]'"
     )
+
+
+def test_errors_from_loader_workers_print_their_own_message():
+    from torch._utils import ExceptionWrapper
+
+    from strg_deploy.cli import one_line
+    from strg_deploy.errors import StrgError
+
+    try:
+        raise StrgError("cannot open video x.mp4: Invalid data")
+    except StrgError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    try:
+        wrapped.reraise()
+    except StrgError as err:
+        assert "\n" in str(err)
+        assert one_line(err) == "cannot open video x.mp4: Invalid data"
+    assert one_line(StrgError("a\nb")) == "a b"

@@ -94,10 +94,15 @@ def test_workers_do_not_change_the_batches(synth):
         assert torch.equal(serial[key], parallel[key]), key
 
 
-def test_class_count_must_match_the_model(synth):
-    data, _, _ = synth
+def test_class_count_must_match_the_model_and_tracks_cover_the_videos(synth):
+    data, tracks, cfg = synth
     with pytest.raises(StrgError, match="with_classes"):
         ClipDataset(data, preset("tiny"), train=True)
+    partial = {k: v for k, v in tracks.items() if k != data.records[0].video_id}
+    with pytest.raises(
+        StrgError, match=f"the box tracks lack 1 of the 14 videos \\({data.records[0].video_id}\\)"
+    ):
+        ClipDataset(data, cfg, train=True, tracks=partial)
 
 
 @pytest.mark.skipif(not VIDEOS.is_dir(), reason=f"real clips not found at {VIDEOS}")

@@ -72,6 +72,11 @@ class ClipDataset(torch.utils.data.Dataset):
         self.cfg = cfg
         self.train = train
         self.loader = loader
+        if tracks is not None:
+            missing = [r.video_id for r in dataset.records if r.video_id not in tracks]
+            if missing:
+                shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+                raise StrgError(f"the box tracks lack {len(missing)} of the {len(dataset)} videos ({shown})")
         self.tracks = tracks
         self.seed = seed
         self.epoch = 0
