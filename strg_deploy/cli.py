@@ -288,11 +288,15 @@ def train(
     options_file: Annotated[
         Path | None, typer.Option("--options", help="JSON file of training options.")
     ] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs (default 10).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Global batch (default 8).")
+    ] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate for a batch of 8 (scaled).")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=0)] = None,
-    seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=0, help="Loader processes (default 2).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, help="Seed (default 0).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = None,
     freeze_bn: Annotated[bool | None, typer.Option("--freeze-bn/--train-bn")] = None,
 ) -> None:
@@ -378,8 +382,11 @@ def evaluate_checkpoint(
     device: Annotated[str, typer.Option("--device")] = "auto",
     as_json: JsonOption = False,
 ) -> None:
-    """Evaluate a checkpoint per video: scores of all test views averaged, then top-1/top-5 and
-    per-class accuracy (single-label) or mAP over classes with positives (multi-label, Charades)."""
+    """Evaluate a checkpoint per video: top-1/top-5 and per-class accuracy, or mAP (Charades).
+
+    The scores of all test views (--clips temporal clips x --crops spatial crops) are averaged per video;
+    mAP leaves out classes without positives.
+    """
     from strg_deploy.extras import require
 
     require("torch", "strg eval")
