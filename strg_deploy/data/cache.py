@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from strg_deploy.data.transforms import short_side_shape
 from strg_deploy.data.video import open_video
 from strg_deploy.errors import StrgError
 from strg_deploy.fileio import atomic_path
@@ -31,11 +32,7 @@ class DecodedVideo:
 
     @property
     def duration(self) -> float:
-        """Seconds from the first frame to the end of the last (one mean frame interval past it)."""
-        if len(self.times) < 2:
-            return 0.0 if len(self.times) == 0 else 1.0
-        step = (self.times[-1] - self.times[0]) / (len(self.times) - 1)
-        return float(self.times[-1] - self.times[0] + step)
+        return duration_of(self.times)
 
     def at(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The frames showing at ``times`` (the last frame starting at or before each time; the first
@@ -47,10 +44,19 @@ class DecodedVideo:
         return np.asarray(self.frames[index]), self.times[index] - start
 
 
+def duration_of(times: np.ndarray) -> float:
+    """Seconds from the first frame to the end of the last (one mean frame interval past it), for frame
+    times float [F]; 1 s for a single frame (a still), 0 without frames."""
+    if len(times) < 2:
+        return 0.0 if len(times) == 0 else 1.0
+    step = (times[-1] - times[0]) / (len(times) - 1)
+    return float(times[-1] - times[0] + step)
+
+
 def short_side_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """(width, height) scaled so that min(width, height) == short_side, even-rounded, aspect kept."""
-    scale = short_side / min(width, height)
-    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+    """(width, height) for FFmpeg's scaler with min(width, height) == short_side, aspect kept."""
+    new_height, new_width = short_side_shape(height, width, short_side)
+    return new_width, new_height
 
 
 def decode_video(source: str, short_side: int | None, fps: float | None = None) -> DecodedVideo:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from strg_deploy.config import ModelConfig
-from strg_deploy.data.cache import ClipCache, DecodedVideo, short_side_size
+from strg_deploy.data.cache import ClipCache, DecodedVideo, duration_of, short_side_size
 from strg_deploy.data.datasets import BoxTracks, Dataset, VideoRecord
 from strg_deploy.data.sampling import SamplingConfig, View, test_views
 from strg_deploy.data.transforms import EvalTransform, TrainTransform
@@ -170,9 +170,7 @@ class ClipDataset(torch.utils.data.Dataset):
         with open_video(record.source, fps=record.fps, threads=1) as reader:
             duration = record.duration or reader.duration
             if not duration:
-                stamps = reader.frame_times()
-                step = (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1) if len(stamps) > 1 else 1.0
-                duration = float(stamps[-1] - stamps[0] + step)
+                duration = duration_of(reader.frame_times())
             times = self._times(duration, reader.nominal_fps or record.fps, rng, view_index)
             clip = reader.read_at(times, size=short_side_size(*reader.size, self.short_side))
         return clip.images, clip.times, duration
