@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from strg_deploy import __version__
-from strg_deploy.config import PRESETS, ModelConfig, preset
+from strg_deploy.config import ARCHITECTURES, PRESETS, ModelConfig, preset
 from strg_deploy.errors import StrgError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -276,7 +276,9 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Run folder: last/, best/, metrics.jsonl.")],
     data_format: Annotated[str, typer.Option("--format", help="ssv2, ssv1, charades or folders.")] = "ssv2",
     preset_name: PresetOption = "small",
-    model: Annotated[str, typer.Option("--model", help="strg or i3d (the baseline, stage 1).")] = "strg",
+    model: Annotated[
+        str, typer.Option("--model", help="strg; i3d (the baseline, stage 1); frame (single-frame control).")
+    ] = "strg",
     boxes: Annotated[
         Path | None, typer.Option("--boxes", help="Ground-truth box tracks (boxes.jsonl).")
     ] = None,
@@ -312,8 +314,8 @@ def train(
 
     from strg_deploy.train.run import RunSpec, options_from_file, train_run
 
-    if model not in ("strg", "i3d"):
-        raise StrgError(f"--model must be strg or i3d, got {model!r}")
+    if model not in ARCHITECTURES:
+        raise StrgError(f"--model must be one of {', '.join(ARCHITECTURES)}, got {model!r}")
     overrides = {
         "epochs": epochs,
         "batch_size": batch_size,

@@ -32,7 +32,7 @@ KINETICS_R50_INFLATE = ((1, 1, 1), (1, 0, 1, 0), (1, 0, 1, 0, 1, 0), (0, 1, 0))
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 DETECTORS = ("resnet50_fpn", "mobilenet_v3_large_fpn")
 FUSIONS = ("sum", "towers")
-ARCHITECTURES = ("strg", "i3d")
+ARCHITECTURES = ("strg", "i3d", "frame")
 CONFIG_SCHEMA = 1
 
 
@@ -155,8 +155,9 @@ class ModelConfig:
     """Everything that fixes a model's weights and its input/output contract.
 
     Input clips are ``frames`` x ``size`` x ``size`` RGB, sampled evenly over ``span_seconds``.
-    ``architecture`` is ``strg`` (backbone + proposals + graph head) or ``i3d`` (the vanilla backbone
-    with a global-pool classifier, the baseline and stage 1 of the two-stage recipe).
+    ``architecture`` is ``strg`` (backbone + proposals + graph head), ``i3d`` (the vanilla backbone
+    with a global-pool classifier, the baseline and stage 1 of the two-stage recipe) or ``frame`` (the
+    same ResNet with no temporal kernels on one frame at a time: the single-frame control of the study).
     """
 
     preset: str

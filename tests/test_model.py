@@ -13,7 +13,7 @@ from strg_deploy.config import preset
 from strg_deploy.errors import StrgError
 from strg_deploy.models.backbone import Backbone
 from strg_deploy.models.serialization import load_pretrained, save_pretrained
-from strg_deploy.models.strg import I3D, STRG, build_model, rpn_frames
+from strg_deploy.models.strg import I3D, STRG, SingleFrame, build_model, rpn_frames
 from strg_deploy.models.summary import summarize
 
 
@@ -104,6 +104,36 @@ def test_i3d_backbone_initialises_strg(tiny):
     with torch.inference_mode():
         torch.testing.assert_close(strg.backbone(clip), i3d.backbone(clip))
         assert i3d(clip).shape == (1, tiny.num_classes)
+
+
+def test_single_frame_control_has_no_temporal_kernels_and_ignores_frame_order(tiny):
+    torch.manual_seed(0)
+    model = build_model(tiny.replace(architecture="frame"))
+    assert isinstance(model, SingleFrame)
+    assert all(m.kernel_size[0] == 1 for m in model.modules() if isinstance(m, torch.nn.Conv3d))
+    clip = random_clip(tiny, batch=3)
+    model.eval()
+    with torch.no_grad():
+        logits = model(clip)
+        reversed_logits = model(clip.flip(2))
+        one = model.frame_logits(clip[1, :, 3:4].unsqueeze(0))
+        every = torch.stack([model.frame_logits(clip[1:2, :, t : t + 1]) for t in range(tiny.frames)])
+    assert logits.shape == (3, tiny.num_classes)
+    torch.testing.assert_close(reversed_logits, logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(every.mean(0)[0], logits[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one[0], every[3, 0], atol=1e-5, rtol=1e-5)
+    model.train()  # training picks one frame per clip; BN and dropout held fixed to compare values
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm3d | torch.nn.Dropout):
+            module.eval()
+    torch.manual_seed(1)
+    pick = torch.randint(tiny.frames, (3,))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        train_logits = model(clip)
+        expected = model.frame_logits(clip[torch.arange(3), :, pick].unsqueeze(2))
+    torch.testing.assert_close(train_logits, expected)
+    assert not torch.allclose(train_logits, logits, atol=1e-3)
 
 
 def test_losses_follow_the_label_kind(tiny):
