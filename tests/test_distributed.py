@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -10,7 +12,7 @@ from strg_deploy.config import preset
 from strg_deploy.data.datasets import read_box_tracks, read_something_something_v2
 from strg_deploy.data.synthetic import generate
 from strg_deploy.models.strg import build_model
-from strg_deploy.train.data import ClipDataset
+from strg_deploy.train.data import ClipDataset, LoaderConfig
 from strg_deploy.train.loop import EpochSampler, TrainOptions, fit
 
 # BatchNorm statistics would differ per process (SyncBatchNorm does not run on the CPU): frozen here.
@@ -24,11 +26,16 @@ def run(root, run_dir, rank: int = 0, world: int = 1, init: str | None = None):
         torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         train = read_something_something_v2(root, "train")
+        validation = read_something_something_v2(root, "validation")
         cfg = preset("tiny").with_classes(train.classes)
-        dataset = ClipDataset(train, cfg, train=True, tracks=read_box_tracks(root / "boxes.jsonl"), seed=3)
+        tracks = read_box_tracks(root / "boxes.jsonl")
+        dataset = ClipDataset(train, cfg, train=True, tracks=tracks, seed=3)
+        val_set = ClipDataset(
+            validation, cfg, train=False, tracks=tracks, loader=LoaderConfig(temporal_clips=2)
+        )
         torch.manual_seed(0)
         model = build_model(cfg)
-        fit(model, dataset, None, run_dir, OPTIONS)
+        fit(model, dataset, val_set, run_dir, OPTIONS)
         return model.state_dict()
     finally:
         if world > 1:
@@ -52,7 +59,8 @@ def test_batches_split_over_processes_cover_the_single_process_batches():
 
 def test_two_gloo_processes_match_one(tmp_path):
     root = tmp_path / "synth"
-    generate(root, videos_train=8, videos_validation=1, size=64, frames=16, workers=1, seed=4)
+    # 5 validation videos x 2 views: each process scores one view of every video; the sums are merged
+    generate(root, videos_train=8, videos_validation=5, size=64, frames=16, workers=1, seed=4)
     expected = run(root, tmp_path / "one")
     init = f"file://{tmp_path / 'rendezvous'}"
     mp.spawn(_worker, args=(root, tmp_path / "two", init), nprocs=2, join=True)
@@ -67,3 +75,9 @@ def test_two_gloo_processes_match_one(tmp_path):
     )
     for name, value in expected.items():
         torch.testing.assert_close(got[name], value, rtol=TOLERANCE, atol=TOLERANCE, msg=name)
+    # metrics are reduced over the processes: the whole validation split and every training clip
+    one, two = (json.loads((tmp_path / d / "metrics.jsonl").read_text()) for d in ("one", "two"))
+    assert two["num_videos"] == one["num_videos"] == 5
+    for key in ("top1", "top5", "mean_class_accuracy"):
+        assert two[key] == pytest.approx(one[key], abs=1e-9), key
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)

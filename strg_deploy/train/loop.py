@@ -140,20 +140,42 @@ def _check_unreadable(unreadable: int, seen: int, epoch: int, limit: float) -> N
 
 
 def validate(model: nn.Module, dataset: ClipDataset, batch_size: int, workers: int, device) -> dict:
-    """Scores of every view averaged per video, then the dataset's metrics (see train.metrics)."""
+    """Scores of every view averaged per video, then the dataset's metrics (see train.metrics).
+
+    Under torch.distributed every process scores its own share of the views (views rank, rank + world,
+    ...) and the per-video sums are gathered, so all processes return the metrics of the whole split.
+    """
+    rank, world = distributed()
     model.eval()
     scores = VideoScores()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    share = torch.utils.data.Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
+    loader = torch.utils.data.DataLoader(share, batch_size=batch_size, num_workers=workers)
     with torch.inference_mode():
         for batch in loader:
             batch = _to(batch, device)
             logits = model(batch["clip"], batch.get("boxes"), batch.get("mask"))
             probabilities = logits.sigmoid() if dataset.cfg.multi_label else logits.softmax(-1)
             scores.add(batch["video"].cpu().numpy(), probabilities.float().cpu().numpy())
+    if world > 1:
+        states: list = [None] * world
+        torch.distributed.all_gather_object(states, scores.state() if len(scores) else None)
+        scores = VideoScores()
+        for state in states:
+            if state is not None:
+                scores.merge_state(state)
     videos, averaged = scores.averaged()
     records = dataset.dataset.records
     targets = np.stack([dataset.dataset.targets(records[int(v)]) for v in videos])
     return evaluate(averaged, targets, dataset.cfg.multi_label, dataset.cfg.classes).to_dict()
+
+
+def _sum_over_ranks(values: list[float], world: int) -> list[float]:
+    """Element-wise sum of per-process numbers over all processes (the values themselves when alone)."""
+    if world == 1:
+        return values
+    total = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(total)  # gloo and NCCL both reduce float64 CPU/GPU tensors
+    return total.tolist()
 
 
 def fit(
@@ -232,7 +254,7 @@ def fit(
         if options.freeze_bn:
             _freeze_batch_norm(model)
         seen = unreadable = clips = 0
-        waiting = computing = 0.0
+        waiting = computing = loss_sum = 0.0
         tick = time.perf_counter()
         for batch in loader:
             fetched = time.perf_counter()
@@ -264,6 +286,7 @@ def fit(
             tick = time.perf_counter()
             computing += tick - fetched
             clips += len(batch["skipped"])
+            loss_sum += float(loss.detach()) * len(batch["skipped"])
             position = dataclasses.replace(
                 position, step=position.step + 1, global_step=position.global_step + 1
             )
@@ -275,18 +298,23 @@ def fit(
             if stop:
                 wait_for_rank0()
                 return position
+        seen, unreadable, clips, loss_sum, waiting, computing = _sum_over_ranks(
+            [seen, unreadable, clips, loss_sum, waiting, computing], world
+        )
         _check_unreadable(unreadable, seen, epoch, options.max_unreadable)
         position = dataclasses.replace(position, epoch=epoch + 1, step=0)
         metrics = {
             "epoch": epoch + 1,
             "global_step": position.global_step,
             "lr": scheduler.get_last_lr()[0],
-            "unreadable_videos": unreadable,
-            "train_clips_per_second": clips / max(waiting + computing, 1e-9),
+            "train_loss": loss_sum / max(clips, 1),  # mean over this epoch's clips (of a resumed part only)
+            "unreadable_videos": int(unreadable),
+            # clips of all processes per second of one process's time (processes run side by side)
+            "train_clips_per_second": clips / max((waiting + computing) / world, 1e-9),
             "loader_share": waiting / max(waiting + computing, 1e-9),
         }
         improved = False
-        if val_set is not None and rank == 0:
+        if val_set is not None:
             metrics.update(validate(model, val_set, options.batch_size, options.workers, device))
             headline = metrics["headline"]
             improved = position.best_metric is None or headline > position.best_metric
