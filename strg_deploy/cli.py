@@ -342,28 +342,40 @@ def train(
             progress.start()
         progress.update(task, completed=step, total=total, loss=loss)
 
+    def on_epoch(metrics: dict) -> None:
+        console.print(epoch_table([metrics], f"after epoch {metrics['epoch']}"))
+
     try:
-        position = train_run(spec, options, on_step)
+        position = train_run(spec, options, on_step, on_epoch)
     finally:
         if progress.live.is_started:
             progress.stop()
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
-    table = new_table(f"{out}: validation per epoch")
-    for column in ("epoch", "step", "top1", "top5", "mean class acc", "mAP"):
-        table.add_column(column, justify="right")
     metrics_path = out / "metrics.jsonl"
     if metrics_path.exists():
-        for line in metrics_path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            cells = [row.get(k) for k in ("top1", "top5", "mean_class_accuracy", "map")]
-            table.add_row(
-                str(row["epoch"]),
-                str(row["global_step"]),
-                *("-" if v is None else f"{100 * v:.1f}" for v in cells),
-            )
-    console.print(table)
+        lines = metrics_path.read_text(encoding="utf-8").splitlines()
+        console.print(epoch_table([json.loads(line) for line in lines], "all epochs"))
     console.print(f"best {position.best_metric} after {position.global_step} steps; checkpoints in {out}")
+
+
+def epoch_table(rows: list[dict], title: str):
+    """A rich table of metrics.jsonl lines: epoch, step, training loss and throughput, validation metrics."""
+    table = new_table(title)
+    columns = ("epoch", "step", "loss", "clips/s", "top1", "top5", "mean class acc", "mAP")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in rows:
+        cells = [row.get(k) for k in ("top1", "top5", "mean_class_accuracy", "map")]
+        loss = row.get("train_loss")
+        table.add_row(
+            str(row["epoch"]),
+            str(row["global_step"]),
+            "-" if loss is None else f"{loss:.3f}",
+            f"{row.get('train_clips_per_second', 0):.1f}",
+            *("-" if v is None else f"{100 * v:.1f}" for v in cells),
+        )
+    return table
 
 
 @app.command("eval")

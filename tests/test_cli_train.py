@@ -34,10 +34,11 @@ def test_train_resume_and_errors(tmp_path):
     ]
     result = runner.invoke(app, [*common, "--epochs", "1"])
     assert result.exit_code == 0, result.output
-    assert "validation per epoch" in result.stdout
+    assert "after epoch 1" in result.stdout and "all epochs" in result.stdout
     assert load_pretrained(run / "best").cfg.preset == "tiny"
     result = runner.invoke(app, [*common, "--epochs", "2", "--resume"])
     assert result.exit_code == 0, result.output
+    assert "after epoch 2" in result.stdout and "after epoch 1" not in result.stdout
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
     evaluated = runner.invoke(

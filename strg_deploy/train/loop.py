@@ -187,10 +187,12 @@ def fit(
     *,
     resume: bool = False,
     on_step: Callable[[int, int, float], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainPosition:
     """Train ``model`` (its ``loss`` gives the objective) and write checkpoints under ``run_dir``.
 
-    on_step(global_step, total_steps, loss) is called after every step (progress bars). Returns the final
+    on_step(global_step, total_steps, loss) is called after every step (progress bars), on_epoch(metrics)
+    after every epoch with the line written to metrics.jsonl (rank 0 only for both). Returns the final
     position. With ``resume`` the run continues from ``run_dir/last``.
     """
     run_dir = Path(run_dir)
@@ -330,6 +332,8 @@ def fit(
                     if isinstance(value, (int, float)) and key not in ("epoch", "global_step"):
                         board.add_scalar(key, value, position.global_step)
                 board.close()
+            if on_epoch is not None:
+                on_epoch(metrics)
         save("last")
         if improved or val_set is None:
             save("best")

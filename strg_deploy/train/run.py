@@ -92,6 +92,7 @@ def train_run(
     spec: RunSpec,
     options: TrainOptions,
     on_step: Callable[[int, int, float], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainPosition:
     """Train as ``spec`` and ``options`` say; checkpoints and metrics land in ``spec.out``.
 
@@ -118,7 +119,9 @@ def train_run(
     model = build_model(cfg)
     if spec.init is not None and not spec.resume:
         load_backbone_init(model, spec.init)
-    return fit(model, train_set, val_set, spec.out, options, resume=spec.resume, on_step=on_step)
+    return fit(
+        model, train_set, val_set, spec.out, options, resume=spec.resume, on_step=on_step, on_epoch=on_epoch
+    )
 
 
 def eval_run(
