@@ -54,10 +54,23 @@ def test_tiny_run_trains_validates_and_writes_checkpoints(data, tmp_path):
     train_set, val_set = datasets(data, tmp_path / "cache")
     model = fresh_model(cfg)
     before = [p.detach().clone() for p in model.head.parameters()]
-    position = fit(model, train_set, val_set, tmp_path / "run", OPTIONS)
+    losses, reported = [], []
+    position = fit(
+        model,
+        train_set,
+        val_set,
+        tmp_path / "run",
+        OPTIONS,
+        on_step=lambda step, total, loss: losses.append(loss),
+        on_epoch=reported.append,
+    )
     assert (position.epoch, position.global_step) == (2, 6)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2] and all(0.0 <= m["top1"] <= 1.0 for m in lines)
+    assert lines == json.loads(json.dumps(reported))
+    for epoch, line in enumerate(lines):  # the epoch's mean loss over equal batches; wall time covered
+        assert line["train_loss"] == pytest.approx(sum(losses[3 * epoch : 3 * epoch + 3]) / 3, rel=1e-6)
+        assert line["epoch_seconds"] > 0
     assert lines[0]["num_videos"] == 4
     assert any(not torch.equal(a, b) for a, b in zip(before, model.head.parameters(), strict=True))
     reloaded = load_pretrained(tmp_path / "run" / "last")

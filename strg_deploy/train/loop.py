@@ -257,7 +257,7 @@ def fit(
             _freeze_batch_norm(model)
         seen = unreadable = clips = 0
         waiting = computing = loss_sum = 0.0
-        tick = time.perf_counter()
+        tick = epoch_start = time.perf_counter()
         for batch in loader:
             fetched = time.perf_counter()
             waiting += fetched - tick
@@ -322,6 +322,7 @@ def fit(
             improved = position.best_metric is None or headline > position.best_metric
             if improved:
                 position = dataclasses.replace(position, best_metric=headline)
+        metrics["epoch_seconds"] = time.perf_counter() - epoch_start  # training and validation, wall clock
         if rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:
