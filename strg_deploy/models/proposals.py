@@ -12,15 +12,18 @@ boxes only, so padding never shifts boxes between frames.
 - :class:`GivenBoxes` pads ground-truth boxes of data that has them.
 - :class:`PrecomputedBoxes` reads boxes written by :func:`write_precomputed` (format below).
 
-Precomputed file format (safetensors, no pickle): for each video id ``V`` four tensors
+Precomputed file format (safetensors, no pickle): for each video id ``V`` the tensors
 
     ``V/frame_index``  int64 [F]        the frames that have boxes (unique)
     ``V/boxes``        float32 [F, K, 4] x1, y1, x2, y2 in the pixels of the frames the boxes were made on
     ``V/scores``       float32 [F, K]
     ``V/mask``         bool [F, K]      which of the K entries are boxes
+    ``V/fps``          float64 [1]      frame rate: frame index i is the frame shown at i / fps seconds
+    ``V/size``         int64 [2]        width, height of the frames the box coordinates refer to
 
-and the header metadata ``{"format": "strg-proposals", "version": "1"}``. Video ids may contain any
-character, "/" included (the tensor name is split at its last "/").
+and the header metadata ``{"format": "strg-proposals", "version": "2"}``. Version 1 files lack ``fps``
+and ``size`` (in version 2 every video has both); :class:`PrecomputedBoxes` reads both versions. Video
+ids may contain any character, "/" included (the tensor name is split at its last "/").
 """
 
 from __future__ import annotations
@@ -47,8 +50,10 @@ from strg_deploy.fileio import atomic_path
 from strg_deploy.models.state_dicts import check_fit, read_state_dict
 
 PRECOMPUTED_FORMAT = "strg-proposals"
-PRECOMPUTED_VERSION = "1"
+PRECOMPUTED_VERSION = "2"  # the version write_precomputed writes when the videos carry fps and size
+PRECOMPUTED_VERSIONS = ("1", "2")  # the versions PrecomputedBoxes reads
 _FIELDS = ("frame_index", "boxes", "scores", "mask")
+_FRAME_FIELDS = ("fps", "size")  # version 2 only
 
 # Anchor sizes and aspect ratios of torchvision's fasterrcnn_resnet50_fpn (one size per FPN level, five
 # levels) and fasterrcnn_mobilenet_v3_large_fpn (five sizes on each of its three levels).
@@ -401,12 +406,14 @@ class GivenBoxes:
 
 
 def _entry_tensors(video_id: str, entry: Mapping[str, Any]) -> dict[str, Tensor]:
-    unknown = set(entry) - set(_FIELDS)
+    unknown = set(entry) - set(_FIELDS) - set(_FRAME_FIELDS)
     if unknown or "boxes" not in entry or "frame_index" not in entry:
         raise StrgError(
             f"precomputed boxes of video {video_id!r}: need keys frame_index and boxes (optional scores, "
-            f"mask), got {sorted(entry)}"
+            f"mask, and fps with size), got {sorted(entry)}"
         )
+    if ("fps" in entry) != ("size" in entry):
+        raise StrgError(f"precomputed boxes of video {video_id!r}: give fps and size together, or neither")
     boxes = torch.as_tensor(entry["boxes"], dtype=torch.float32)
     if boxes.dim() != 3 or boxes.shape[-1] != 4:
         raise shape_error(f"precomputed boxes of video {video_id!r}", "[F, K, 4]", tuple(boxes.shape))
@@ -421,24 +428,44 @@ def _entry_tensors(video_id: str, entry: Mapping[str, Any]) -> dict[str, Tensor]
     for name, t in (("scores", scores), ("mask", mask)):
         if t.shape != (f, k):
             raise shape_error(f"{name} of video {video_id!r}", f"[{f}, {k}]", tuple(t.shape))
-    return {"frame_index": frame_index, "boxes": boxes, "scores": scores, "mask": mask}
+    out = {"frame_index": frame_index, "boxes": boxes, "scores": scores, "mask": mask}
+    if "fps" in entry:
+        fps = torch.as_tensor(entry["fps"], dtype=torch.float64).reshape(-1)
+        if fps.shape != (1,) or not (torch.isfinite(fps).all() and fps[0] > 0):
+            raise StrgError(f"fps of video {video_id!r} must be one positive number, got {fps.tolist()}")
+        size = torch.as_tensor(entry["size"]).reshape(-1)
+        if size.shape != (2,) or size.is_floating_point() or not (size > 0).all():
+            raise StrgError(
+                f"size of video {video_id!r} must be two positive integers (width, height), "
+                f"got {size.tolist()}"
+            )
+        out.update(fps=fps, size=size.to(torch.int64))
+    return out
 
 
 def write_precomputed(path: str | Path, entries: Mapping[str, Mapping[str, Any]]) -> Path:
     """Write precomputed boxes atomically in the format of this module's docstring.
 
     entries: video id -> {"frame_index": [F] int, "boxes": [F, K, 4], "scores": [F, K] (default 1),
-    "mask": [F, K] bool (default all True)}; arrays or tensors. ``dict(frame_index=idx,
-    **proposals._asdict())`` stores a RegionProposer's output. Returns ``path``.
+    "mask": [F, K] bool (default all True), "fps": float or [1], "size": (width, height)}; arrays or
+    tensors. ``dict(frame_index=idx, **proposals._asdict())`` stores a RegionProposer's output. With fps
+    and size for every video the file is version 2, without them for any video version 1 (mixing both
+    raises StrgError). Returns ``path``.
     """
     from safetensors.torch import save_file
 
     path = Path(path)
     tensors = {}
+    with_frames = set()
     for video_id, entry in entries.items():
-        for name, t in _entry_tensors(str(video_id), entry).items():
+        fields = _entry_tensors(str(video_id), entry)
+        with_frames.add("fps" in fields)
+        for name, t in fields.items():
             tensors[f"{video_id}/{name}"] = t.detach().cpu().contiguous()
-    metadata = {"format": PRECOMPUTED_FORMAT, "version": PRECOMPUTED_VERSION}
+    if len(with_frames) > 1:
+        raise StrgError("precomputed boxes: give fps and size for every video or for none")
+    version = PRECOMPUTED_VERSION if with_frames == {True} else "1"
+    metadata = {"format": PRECOMPUTED_FORMAT, "version": version}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path
@@ -449,43 +476,74 @@ class PrecomputedBoxes:
 
     ``source(video_id, frame_indices)`` -> boxes [F, N, 4], scores [F, N], mask [F, N] for the frames
     asked for, in that order; each frame keeps its first N valid boxes in stored order. A missing file,
-    video or frame raises StrgError naming it. Tensors are read lazily, one video at a time.
+    video or frame raises StrgError naming it. Only the file's header is read on construction; tensors
+    are read lazily, one video at a time, through a handle each process opens for itself (the source
+    pickles without it, so it can go to data-loader worker processes). ``version``: the file's format
+    version ("1" or "2"; see the module docstring).
     """
 
     def __init__(self, path: str | Path, num_boxes: int):
-        from safetensors import safe_open
-
         if num_boxes <= 0:
             raise StrgError(f"num_boxes must be positive, got {num_boxes}")
         self.path = Path(path)
         self.num_boxes = num_boxes
         if not self.path.is_file():
             raise StrgError(f"precomputed boxes not found: {self.path}")
-        try:
-            with safe_open(str(self.path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                keys = list(f.keys())
-        except Exception as err:  # safetensors raises its own error types for damaged headers
-            raise StrgError(f"cannot read precomputed boxes {self.path}: {err}") from None
+        self._handle: Any = None
+        self._pid: int | None = None
+        metadata = self._file().metadata() or {}
         if metadata.get("format") != PRECOMPUTED_FORMAT:
             raise StrgError(f"{self.path} is not a precomputed-boxes file (metadata {json.dumps(metadata)})")
-        if metadata.get("version") != PRECOMPUTED_VERSION:
+        if metadata.get("version") not in PRECOMPUTED_VERSIONS:
             raise StrgError(
                 f"precomputed boxes {self.path} have format version {metadata.get('version')}, "
-                f"this version reads {PRECOMPUTED_VERSION}"
+                f"this version reads {', '.join(PRECOMPUTED_VERSIONS)}"
             )
-        self.videos = tuple(sorted({k.rsplit("/", 1)[0] for k in keys}))
-        self._known = set(self.videos)
+        self.version: str = metadata["version"]
 
-    def _read(self, video_id: str) -> dict[str, Tensor]:
+    def _file(self) -> Any:
+        """This process's open safetensors handle of the file (opened on first use in each process)."""
+        import os
+
         from safetensors import safe_open
 
-        with safe_open(str(self.path), framework="pt") as f:
-            return {name: f.get_tensor(f"{video_id}/{name}") for name in _FIELDS}
+        if self._handle is None or self._pid != os.getpid():
+            try:
+                self._handle = safe_open(str(self.path), framework="pt")
+            except Exception as err:  # safetensors raises its own error types for damaged headers
+                raise StrgError(f"cannot read precomputed boxes {self.path}: {err}") from None
+            self._pid = os.getpid()
+        return self._handle
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_handle=None, _pid=None)
+        state.pop("videos", None)
+        return state
+
+    @functools.cached_property
+    def videos(self) -> tuple[str, ...]:
+        """Every video id in the file, sorted (reads the tensor names of the whole header)."""
+        return tuple(sorted({k.rsplit("/", 1)[0] for k in self._file().keys()}))
+
+    def has(self, video_id: str) -> bool:
+        """Whether the file holds boxes of ``video_id`` (one name lookup, no tensor read)."""
+        try:
+            self._file().get_slice(f"{video_id}/boxes")
+        except Exception:  # safetensors' error for an absent name
+            return False
+        return True
+
+    def _read(self, video_id: str) -> dict[str, Tensor]:
+        """The stored tensors of one video: the fields of the module docstring (fps and size in
+        version 2 files only). StrgError when the file has no such video."""
+        if not self.has(video_id):
+            raise StrgError(f"precomputed boxes {self.path} have no video {video_id!r}")
+        f = self._file()
+        names = _FIELDS + (_FRAME_FIELDS if self.version != "1" else ())
+        return {name: f.get_tensor(f"{video_id}/{name}") for name in names}
 
     def __call__(self, video_id: str, frame_indices: Sequence[int] | Tensor) -> Proposals:
-        if video_id not in self._known:
-            raise StrgError(f"precomputed boxes {self.path} have no video {video_id!r}")
         data = self._read(video_id)
         wanted = torch.as_tensor(frame_indices, dtype=torch.int64).reshape(-1)
         row_of = {int(v): i for i, v in enumerate(data["frame_index"].tolist())}
