@@ -6,10 +6,11 @@ Every error a user can cause is a StrgError, printed as one line on stderr with 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -84,6 +85,35 @@ def main(
     """Train, export and serve STRG (Videos as Space-Time Region Graphs) action recognition."""
 
 
+@contextlib.contextmanager
+def counting_progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A transient rich bar fed by ``advance(done, total)``; it starts on the first call, so options that
+    fail before any work show no bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn())
+    progress = Progress(*columns, TimeRemainingColumn(), console=console, transient=True)
+    task = progress.add_task(description, total=None)
+
+    def advance(done: int, total: int) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(task, completed=done, total=total)
+
+    try:
+        yield advance
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+
+
+ProposalsOption = Annotated[
+    Path | None, typer.Option("--proposals", help="Precomputed proposals (a `strg proposals` file).")
+]
+DetectorOption = Annotated[
+    Path | None,
+    typer.Option("--detector", help="RPN weights: a Faster R-CNN state dict or RUN/detector.safetensors."),
+]
 PresetOption = Annotated[str, typer.Option("--preset", "-p", help=f"Model preset: {', '.join(PRESETS)}.")]
 ConfigOption = Annotated[
     Path | None,
@@ -228,25 +258,9 @@ def data_synth(
 ) -> None:
     """Generate the synthetic relational benchmark: H.264 videos whose class depends on how objects
     relate over time, Something-Something v2 style annotations and per-frame boxes of every object."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from strg_deploy.data.synthetic import generate
 
-    columns = (
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    progress = Progress(*columns, console=console, transient=True)
-    task = progress.add_task("rendering videos", total=train + validation)
-
-    def advance(done: int, total: int) -> None:
-        if not progress.live.is_started:  # started on the first video: bad options fail before any bar
-            progress.start()
-        progress.update(task, completed=done, total=total)
-
-    try:
+    with counting_progress("rendering videos") as advance:
         summary = generate(
             out,
             videos_train=train,
@@ -259,9 +273,6 @@ def data_synth(
             workers=workers,
             progress=advance,
         )
-    finally:
-        if progress.live.is_started:
-            progress.stop()
     console.print(
         f"wrote {summary.videos_train} training and {summary.videos_validation} validation videos "
         f"({len(summary.classes)} classes, {summary.bytes_written / 1e6:.1f} MB) to {out} "
@@ -282,6 +293,8 @@ def train(
     boxes: Annotated[
         Path | None, typer.Option("--boxes", help="Ground-truth box tracks (boxes.jsonl).")
     ] = None,
+    proposals: ProposalsOption = None,
+    detector: DetectorOption = None,
     cache: Annotated[Path | None, typer.Option("--cache", help="Decoded-clip cache folder.")] = None,
     init: Annotated[
         Path | None, typer.Option("--init", help="Backbone from an I3D/STRG checkpoint folder.")
@@ -301,8 +314,17 @@ def train(
     seed: Annotated[int | None, typer.Option("--seed", min=0, help="Seed (default 0).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = None,
     freeze_bn: Annotated[bool | None, typer.Option("--freeze-bn/--train-bn")] = None,
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task", help="classes (the action model) or proposals (fine-tune the RPN on --boxes)."
+        ),
+    ] = "classes",
 ) -> None:
     """Train STRG or the I3D baseline; checkpoints in OUT/last and OUT/best, metrics in OUT/metrics.jsonl.
+
+    With --task proposals: fine-tune the RPN on ground-truth boxes; OUT/detector.safetensors and the recall
+    at N boxes per frame in OUT/metrics.jsonl.
 
     SGD with momentum 0.9 and weight decay, a linear warm-up then a cosine schedule, gradient clipping.
     Options come from --options (a JSON file of training options) overridden by the flags.
@@ -312,8 +334,10 @@ def train(
     require("torch", "strg train")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from strg_deploy.train.run import RunSpec, options_from_file, train_run
+    from strg_deploy.train.run import PROPOSALS_LR, RunSpec, options_from_file, proposer_run, train_run
 
+    if task not in ("classes", "proposals"):
+        raise StrgError(f"--task must be classes or proposals, got {task!r}")
     if model not in ARCHITECTURES:
         raise StrgError(f"--model must be one of {', '.join(ARCHITECTURES)}, got {model!r}")
     overrides = {
@@ -325,8 +349,21 @@ def train(
         "device": device,
         "freeze_bn": freeze_bn,
     }
-    options = options_from_file(options_file, overrides)
-    spec = RunSpec(data, data_format, preset_name, model, out, boxes, cache, init, resume)
+    defaults = {"lr": PROPOSALS_LR} if task == "proposals" else None
+    options = options_from_file(options_file, overrides, defaults)
+    spec = RunSpec(
+        data,
+        data_format,
+        preset_name,
+        model,
+        out,
+        boxes,
+        cache,
+        init,
+        resume,
+        proposals=proposals,
+        detector=detector,
+    )
     progress = Progress(
         TextColumn("training"),
         BarColumn(),
@@ -335,15 +372,39 @@ def train(
         TimeRemainingColumn(),
         console=console,
     )
-    task = progress.add_task("train", total=None, loss=float("nan"))
+    bar = progress.add_task("train", total=None, loss=float("nan"))
 
     def on_step(step: int, total: int, loss: float) -> None:
         if not progress.live.is_started:
             progress.start()
-        progress.update(task, completed=step, total=total, loss=loss)
+        progress.update(bar, completed=step, total=total, loss=loss)
 
     def on_epoch(metrics: dict) -> None:
         console.print(epoch_table([metrics], f"after epoch {metrics['epoch']}"))
+
+    if task == "proposals":
+        try:
+            result = proposer_run(spec, options, on_step)
+        finally:
+            if progress.live.is_started:
+                progress.stop()
+        table = new_table(
+            f"RPN fine-tuning: recall at {result['num_boxes']} boxes per frame, IoU >= {result['iou']}"
+        )
+        for column in ("epoch", "objectness loss", "box loss", "recall", "frames/s"):
+            table.add_column(column, justify="right")
+        for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            table.add_row(
+                str(row["epoch"]),
+                f"{row['objectness_loss']:.3f}",
+                f"{row['box_loss']:.3f}",
+                f"{100 * row['recall']:.1f}%",
+                f"{row['train_frames_per_second']:.0f}",
+            )
+        console.print(table)
+        console.print(f"detector weights in {out / 'detector.safetensors'} (for --detector)")
+        return
 
     try:
         position = train_run(spec, options, on_step, on_epoch)
@@ -378,6 +439,41 @@ def epoch_table(rows: list[dict], title: str):
     return table
 
 
+@app.command("proposals")
+@reports_errors
+def proposals_command(
+    data: Annotated[Path, typer.Option("--data", help="Dataset root (annotations and videos).")],
+    out: Annotated[Path, typer.Option("--out", help="The proposals file to write (.safetensors).")],
+    detector: Annotated[
+        Path,
+        typer.Option(
+            "--detector", help="RPN weights: a Faster R-CNN state dict or RUN/detector.safetensors."
+        ),
+    ],
+    data_format: Annotated[str, typer.Option("--format", help="ssv2, ssv1, charades or folders.")] = "ssv2",
+    preset_name: PresetOption = "small",
+    splits: Annotated[
+        str, typer.Option("--splits", help="Comma-separated splits to cover.")
+    ] = "train,validation",
+    batch_frames: Annotated[int, typer.Option("--batch-frames", min=1, help="Frames per RPN batch.")] = 64,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+) -> None:
+    """Run the RPN once on every frame of a dataset and keep its N proposals per frame in one file, for
+    `strg train --proposals FILE` (so they are not recomputed every epoch)."""
+    from strg_deploy.extras import require
+
+    require("torch", "strg proposals")
+    from strg_deploy.train.run import RunSpec, proposals_run
+
+    spec = RunSpec(data, data_format, preset_name, "strg", out, detector=detector)
+    wanted = tuple(part.strip() for part in splits.split(",") if part.strip())
+    with counting_progress("proposing boxes") as advance:
+        summary = proposals_run(
+            spec, out, splits=wanted, device=device, batch_frames=batch_frames, on_video=advance
+        )
+    console.print(f"wrote proposals of {summary['videos']} videos to {out} ({summary['bytes'] / 1e6:.1f} MB)")
+
+
 @app.command("eval")
 @reports_errors
 def evaluate_checkpoint(
@@ -388,6 +484,7 @@ def evaluate_checkpoint(
     boxes: Annotated[
         Path | None, typer.Option("--boxes", help="Ground-truth box tracks (boxes.jsonl).")
     ] = None,
+    proposals: ProposalsOption = None,
     cache: Annotated[Path | None, typer.Option("--cache", help="Decoded-clip cache folder.")] = None,
     clips: Annotated[int, typer.Option("--clips", min=1, help="Temporal clips per video.")] = 2,
     crops: Annotated[int, typer.Option("--crops", help="Spatial crops per clip: 1 or 3.")] = 1,
@@ -406,7 +503,9 @@ def evaluate_checkpoint(
     require("torch", "strg eval")
     from strg_deploy.train.run import RunSpec, eval_run
 
-    spec = RunSpec(data, data_format, "", "", checkpoint, boxes, cache, temporal_clips=clips)
+    spec = RunSpec(
+        data, data_format, "", "", checkpoint, boxes, cache, temporal_clips=clips, proposals=proposals
+    )
     metrics = eval_run(
         checkpoint,
         spec,

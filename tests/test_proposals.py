@@ -32,7 +32,9 @@ SIZE = 64
 
 
 def tiny_cfg(**proposals):
+    """The tiny preset with torchvision's own RPN layout (what COCO detector files fit) unless overridden."""
     cfg = preset("tiny")
+    proposals = {"returned_layers": (), "anchor_sizes": (), **proposals}
     return cfg.replace(proposals=dataclasses.replace(cfg.proposals, **proposals))
 
 
@@ -487,3 +489,21 @@ def test_proposals_as_clips():
     clips = out.as_clips(2)
     assert clips.boxes.shape == (2, 3, 2, 4) and clips.mask.shape == (2, 3, 2)
     assert torch.equal(clips.boxes[1, 0], out.boxes[3])
+
+
+def test_small_frame_layout_has_a_finer_grid_and_refuses_coco_layout_files(tmp_path):
+    cfg = preset("tiny")  # MobileNetV3 stages 2-4 + the pooled level, anchors 8-128 px
+    assert cfg.proposals.returned_layers and len(cfg.proposals.anchor_sizes) == 4
+    torch.manual_seed(0)
+    proposer = RegionProposer(cfg)
+    with torch.no_grad():
+        boxes, _, _ = proposer.candidates(random_frames(1))
+    # 64 px frames at strides 8, 16, 32, 64 with 3 sizes x 3 ratios per position, at most
+    # pre_nms_top_n (50) per level
+    assert boxes.shape == (1, 50 + 50 + 2 * 2 * 9 + 1 * 1 * 9, 4)
+    path = tmp_path / "coco_layout.pth"
+    torch.save(RegionProposer(tiny_cfg()).state_dict(), path)
+    with pytest.raises(StrgError, match="does not fit"):
+        load_detector_weights(proposer, path)
+    with pytest.raises(StrgError, match="anchor_sizes has 3"):
+        tiny_cfg(returned_layers=(2, 3, 4), anchor_sizes=((8,), (16,), (32,))).validate()

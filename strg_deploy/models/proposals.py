@@ -178,18 +178,31 @@ def _grid_anchors(cell: Tensor, height: int, width: int, stride_y: int, stride_x
 # The rpn network
 
 
-def detector_backbone(detector: str, norm_eps: float | None = None) -> nn.Module:
+def detector_backbone(
+    detector: str, norm_eps: float | None = None, returned_layers: Sequence[int] = ()
+) -> nn.Module:
     """The FPN backbone of torchvision's Faster R-CNN ``detector`` (a BackboneWithFPN, 256 channels),
-    with frozen batch norm and random weights (nothing is downloaded)."""
+    with frozen batch norm and random weights (nothing is downloaded). ``returned_layers``: the stages
+    that feed the FPN (empty: torchvision's choice for the detector)."""
     eps = NORM_EPS[detector] if norm_eps is None else norm_eps
     norm = functools.partial(FrozenBatchNorm2d, eps=eps)
+    layers = list(returned_layers) or None
     if detector == "resnet50_fpn":
         return backbone_utils.resnet_fpn_backbone(
-            backbone_name="resnet50", weights=None, norm_layer=norm, trainable_layers=5
+            backbone_name="resnet50",
+            weights=None,
+            norm_layer=norm,
+            trainable_layers=5,
+            returned_layers=layers,
         )
     if detector == "mobilenet_v3_large_fpn":
         return backbone_utils.mobilenet_backbone(
-            backbone_name="mobilenet_v3_large", weights=None, fpn=True, norm_layer=norm, trainable_layers=6
+            backbone_name="mobilenet_v3_large",
+            weights=None,
+            fpn=True,
+            norm_layer=norm,
+            trainable_layers=6,
+            returned_layers=layers,
         )
     raise StrgError(f"detector must be one of {list(ANCHOR_SIZES)}, got {detector!r}")
 
@@ -222,8 +235,8 @@ class RegionProposer(nn.Module):
         self.nms_threshold = p.nms_threshold
         self.score_threshold = p.score_threshold
         self.min_size = p.min_size
-        self.backbone = detector_backbone(p.detector, norm_eps)
-        sizes = ANCHOR_SIZES[p.detector]
+        self.backbone = detector_backbone(p.detector, norm_eps, p.returned_layers)
+        sizes = p.anchor_sizes or ANCHOR_SIZES[p.detector]
         self.anchor_generator = AnchorGenerator(sizes, (ASPECT_RATIOS,) * len(sizes))
         self.head = RPNHead(self.backbone.out_channels, self.anchor_generator.num_anchors_per_location()[0])
         self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))

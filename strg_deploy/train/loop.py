@@ -139,11 +139,14 @@ def _check_unreadable(unreadable: int, seen: int, epoch: int, limit: float) -> N
         )
 
 
-def validate(model: nn.Module, dataset: ClipDataset, batch_size: int, workers: int, device) -> dict:
-    """Scores of every view averaged per video, then the dataset's metrics (see train.metrics).
+def video_scores(
+    model: nn.Module, dataset: ClipDataset, batch_size: int, workers: int, device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (softmax, or sigmoid for multi-label data) of every view averaged per video:
+    (video indices int64 [V], scores float64 [V, C]).
 
     Under torch.distributed every process scores its own share of the views (views rank, rank + world,
-    ...) and the per-video sums are gathered, so all processes return the metrics of the whole split.
+    ...) and the per-video sums are gathered, so all processes return the scores of the whole split.
     """
     rank, world = distributed()
     model.eval()
@@ -163,7 +166,12 @@ def validate(model: nn.Module, dataset: ClipDataset, batch_size: int, workers: i
         for state in states:
             if state is not None:
                 scores.merge_state(state)
-    videos, averaged = scores.averaged()
+    return scores.averaged()
+
+
+def validate(model: nn.Module, dataset: ClipDataset, batch_size: int, workers: int, device) -> dict:
+    """The dataset's metrics (see train.metrics) of :func:`video_scores`."""
+    videos, averaged = video_scores(model, dataset, batch_size, workers, device)
     records = dataset.dataset.records
     targets = np.stack([dataset.dataset.targets(records[int(v)]) for v in videos])
     return evaluate(averaged, targets, dataset.cfg.multi_label, dataset.cfg.classes).to_dict()

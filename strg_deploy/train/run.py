@@ -16,6 +16,7 @@ from typing import Any
 from strg_deploy.config import preset
 from strg_deploy.data.datasets import READERS, Dataset, read_box_tracks
 from strg_deploy.errors import StrgError
+from strg_deploy.models.proposals import load_detector_weights
 from strg_deploy.models.strg import build_model
 from strg_deploy.train.checkpoint import TrainPosition, has_checkpoint, load_backbone_init
 from strg_deploy.train.data import ClipDataset, LoaderConfig
@@ -43,6 +44,22 @@ class RunSpec:
     init: Path | None = None  # stage-2 initialisation: the backbone of an I3D/STRG checkpoint folder
     resume: bool = False
     temporal_clips: int = 2  # validation views per video
+    proposals: Path | None = None  # precomputed proposals (a `strg proposals` file) for STRG's nodes
+    detector: Path | None = None  # RPN weights (a detector file) for STRG's frozen proposal network
+
+
+def read_tracks(spec: RunSpec, num_boxes: int):
+    """The per-video boxes STRG's nodes come from: ground truth (``spec.boxes``), precomputed
+    proposals (``spec.proposals``) or None (the RPN proposes them on every clip)."""
+    if spec.boxes is not None and spec.proposals is not None:
+        raise StrgError("give ground-truth boxes (--boxes) or precomputed proposals (--proposals), not both")
+    if spec.boxes is not None:
+        return read_box_tracks(spec.boxes)
+    if spec.proposals is not None:
+        from strg_deploy.train.precompute import precomputed_tracks
+
+        return precomputed_tracks(spec.proposals, num_boxes)
+    return None
 
 
 def read_split(spec: RunSpec, split: str) -> Dataset:
@@ -54,8 +71,11 @@ def read_split(spec: RunSpec, split: str) -> Dataset:
     return READERS[FORMATS[spec.format]](spec.data, split)
 
 
-def options_from_file(path: Path | None, overrides: dict[str, Any]) -> TrainOptions:
-    """TrainOptions from a JSON file (keys = TrainOptions fields), then the given overrides."""
+def options_from_file(
+    path: Path | None, overrides: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> TrainOptions:
+    """TrainOptions from ``defaults`` (over TrainOptions' own), a JSON file (keys = TrainOptions fields),
+    then the given overrides."""
     values: dict[str, Any] = {}
     if path is not None:
         try:
@@ -67,6 +87,7 @@ def options_from_file(path: Path | None, overrides: dict[str, Any]) -> TrainOpti
         if not isinstance(values, dict):
             raise StrgError(f"options file {path} must hold a JSON object")
     values.update({k: v for k, v in overrides.items() if v is not None})
+    values = {**(defaults or {}), **values}
     names = {f.name for f in dataclasses.fields(TrainOptions)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -106,7 +127,7 @@ def train_run(
     cfg = cfg.replace(architecture=spec.model)
     if spec.resume and not has_checkpoint(spec.out, "last"):
         raise StrgError(f"nothing to resume in {spec.out}: no last/ checkpoint")
-    tracks = read_box_tracks(spec.boxes) if spec.boxes is not None else None
+    tracks = read_tracks(spec, cfg.proposals.num_boxes)
     train_set = ClipDataset(train, cfg, train=True, tracks=tracks, cache=spec.cache, seed=options.seed)
     val_set = ClipDataset(
         validation,
@@ -119,6 +140,12 @@ def train_run(
     model = build_model(cfg)
     if spec.init is not None and not spec.resume:
         load_backbone_init(model, spec.init)
+    if spec.detector is not None and not spec.resume:
+        if cfg.architecture != "strg":
+            raise StrgError(
+                f"--detector gives STRG's proposal network weights; --model {cfg.architecture} has none"
+            )
+        load_detector_weights(model.rpn, spec.detector)
     return fit(
         model, train_set, val_set, spec.out, options, resume=spec.resume, on_step=on_step, on_epoch=on_epoch
     )
@@ -146,8 +173,66 @@ def eval_run(
             f"the checkpoint's {model.cfg.num_classes} classes are not the "
             f"{data.num_classes} classes of {spec.data}"
         )
-    tracks = read_box_tracks(spec.boxes) if spec.boxes is not None else None
+    tracks = read_tracks(spec, model.cfg.proposals.num_boxes)
     loader = LoaderConfig(temporal_clips=spec.temporal_clips, spatial_crops=spatial_crops)
     dataset = ClipDataset(data, model.cfg, train=False, tracks=tracks, cache=spec.cache, loader=loader)
     target = choose_device(device)
     return validate(model.to(target), dataset, batch_size, workers, target)
+
+
+def proposals_run(
+    spec: RunSpec,
+    out: Path,
+    *,
+    splits: tuple[str, ...] = ("train", "validation"),
+    device: str = "auto",
+    batch_frames: int = 64,
+    on_video: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """`strg proposals`: the RPN of preset ``spec.preset`` with the weights of ``spec.detector`` on every
+    frame of the videos of ``splits``, written to one precomputed-proposals file ``out``.
+    Returns {"videos", "file", "bytes"}."""
+    import torch
+
+    from strg_deploy.models.proposals import RegionProposer
+    from strg_deploy.train.loop import choose_device
+    from strg_deploy.train.precompute import precompute_proposals
+
+    if spec.detector is None:
+        raise StrgError("proposals need detector weights (--detector FILE, e.g. RUN/detector.safetensors)")
+    records = [record for split in splits for record in read_split(spec, split).records]
+    if not records:
+        raise StrgError(f"no videos in the {'/'.join(splits)} split(s) of {spec.data}")
+    cfg = preset(spec.preset)
+    proposer = load_detector_weights(RegionProposer(cfg), spec.detector).eval()
+    with torch.inference_mode():
+        precompute_proposals(
+            records, proposer, out, batch_frames=batch_frames, device=choose_device(device), on_video=on_video
+        )
+    return {"videos": len({r.video_id for r in records}), "file": str(out), "bytes": out.stat().st_size}
+
+
+PROPOSALS_LR = 0.05  # RPN fine-tuning from scratch: trained stably on the synthetic set (per 8 clips)
+
+
+def proposer_run(
+    spec: RunSpec, options: TrainOptions, on_step: Callable[[int, int, float], None] | None = None
+) -> dict[str, Any]:
+    """`strg train --task proposals`: fine-tune the preset's RPN on the ground-truth boxes of
+    ``spec.boxes`` (from ``spec.detector`` weights when given, else from scratch); writes
+    ``spec.out/detector.safetensors`` and ``spec.out/metrics.jsonl`` (recall at N per epoch)."""
+    from strg_deploy.train.proposer import fit_proposer
+
+    if spec.boxes is None:
+        raise StrgError("--task proposals trains the RPN on ground-truth boxes: give --boxes boxes.jsonl")
+    if spec.proposals is not None or spec.init is not None or spec.resume:
+        raise StrgError(
+            "--task proposals takes --boxes and optionally --detector (no --proposals/--init/--resume)"
+        )
+    train = read_split(spec, "train")
+    validation = read_split(spec, "validation")
+    cfg = preset(spec.preset).with_classes(train.classes, multi_label=train.multi_label)
+    tracks = read_box_tracks(spec.boxes)
+    train_set = ClipDataset(train, cfg, train=True, tracks=tracks, cache=spec.cache, seed=options.seed)
+    val_set = ClipDataset(validation, cfg, train=False, tracks=tracks, cache=spec.cache)
+    return fit_proposer(cfg, train_set, val_set, spec.out, options, init=spec.detector, on_step=on_step)
