@@ -319,6 +319,17 @@ SMALL_FRAME_LAYERS = (2, 3, 4)
 SMALL_FRAME_ANCHORS = ((8, 12, 16), (16, 24, 32), (32, 48, 64), (64, 96, 128))
 
 
+def small_frame_rpn(num_boxes: int, pre_nms_top_n: int) -> ProposalConfig:
+    """A MobileNetV3-Large-FPN RPN with the finer grid above, for frames of about 64-128 px."""
+    return ProposalConfig(
+        num_boxes=num_boxes,
+        detector="mobilenet_v3_large_fpn",
+        pre_nms_top_n=pre_nms_top_n,
+        returned_layers=SMALL_FRAME_LAYERS,
+        anchor_sizes=SMALL_FRAME_ANCHORS,
+    )
+
+
 def _paper_r50() -> ModelConfig:
     return ModelConfig(preset="paper-r50")
 
@@ -334,13 +345,7 @@ def _small() -> ModelConfig:
         backbone=BackboneConfig(
             depth=18, width=16, conv1_kernel=(1, 7, 7), inflate=alternating_inflate(blocks), out_dim=128
         ),
-        proposals=ProposalConfig(
-            num_boxes=8,
-            detector="mobilenet_v3_large_fpn",
-            pre_nms_top_n=300,
-            returned_layers=SMALL_FRAME_LAYERS,
-            anchor_sizes=SMALL_FRAME_ANCHORS,
-        ),
+        proposals=small_frame_rpn(num_boxes=8, pre_nms_top_n=300),
         head=HeadConfig(layers=3, sampling_ratio=2, dropout=0.3),
     )
 
@@ -356,13 +361,7 @@ def _tiny() -> ModelConfig:
         backbone=BackboneConfig(
             depth=18, width=8, conv1_kernel=(3, 7, 7), inflate=alternating_inflate(blocks), out_dim=32
         ),
-        proposals=ProposalConfig(
-            num_boxes=4,
-            detector="mobilenet_v3_large_fpn",
-            pre_nms_top_n=50,
-            returned_layers=SMALL_FRAME_LAYERS,
-            anchor_sizes=SMALL_FRAME_ANCHORS,
-        ),
+        proposals=small_frame_rpn(num_boxes=4, pre_nms_top_n=50),
         head=HeadConfig(layers=2, sampling_ratio=2, dropout=0.0),
     )
 

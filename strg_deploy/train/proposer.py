@@ -72,6 +72,18 @@ def _replace_norms(module: nn.Module, convert: Callable[[nn.Module], nn.Module |
             setattr(module, name, new)
 
 
+def _copy_norm(source: nn.Module, target: nn.Module) -> nn.Module:
+    """``target`` (on ``source``'s device) with source's weight, bias and running statistics; the
+    difference of the epsilons moves into the running variance (clamped at 0)."""
+    target = target.to(source.weight.device)
+    with torch.no_grad():
+        target.weight.copy_(source.weight)
+        target.bias.copy_(source.bias)
+        target.running_mean.copy_(source.running_mean)
+        target.running_var.copy_((source.running_var + (source.eps - target.eps)).clamp_min(0.0))
+    return target
+
+
 def trainable(proposer: RegionProposer, norm_eps: float | None = None) -> RegionProposer:
     """Make ``proposer`` trainable from scratch, in place: every FrozenBatchNorm2d becomes a
     torch.nn.BatchNorm2d with the same statistics, weight and bias (epsilon ``norm_eps``, default the
@@ -85,13 +97,7 @@ def trainable(proposer: RegionProposer, norm_eps: float | None = None) -> Region
         if not isinstance(child, FrozenBatchNorm2d):
             return None
         eps = child.eps if norm_eps is None else norm_eps
-        norm = nn.BatchNorm2d(child.weight.numel(), eps=eps).to(child.weight.device)
-        with torch.no_grad():
-            norm.weight.copy_(child.weight)
-            norm.bias.copy_(child.bias)
-            norm.running_mean.copy_(child.running_mean)
-            norm.running_var.copy_((child.running_var + (child.eps - eps)).clamp_min(0.0))
-        return norm
+        return _copy_norm(child, nn.BatchNorm2d(child.weight.numel(), eps=eps))
 
     _replace_norms(proposer, convert)
     return proposer.requires_grad_(True)
@@ -110,13 +116,7 @@ def frozen(proposer: RegionProposer, norm_eps: float | None = None) -> RegionPro
     def convert(child: nn.Module) -> nn.Module | None:
         if not isinstance(child, (nn.BatchNorm2d, FrozenBatchNorm2d)):
             return None
-        norm = FrozenBatchNorm2d(child.weight.numel(), eps=eps).to(child.weight.device)
-        with torch.no_grad():
-            norm.weight.copy_(child.weight)
-            norm.bias.copy_(child.bias)
-            norm.running_mean.copy_(child.running_mean)
-            norm.running_var.copy_((child.running_var + (child.eps - eps)).clamp_min(0.0))
-        return norm
+        return _copy_norm(child, FrozenBatchNorm2d(child.weight.numel(), eps=eps))
 
     copied = copy.deepcopy(proposer)
     _replace_norms(copied, convert)
