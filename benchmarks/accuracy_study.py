@@ -213,7 +213,7 @@ def report(args) -> None:
     header = ["pair"] + list(results)
     rows = []
     for p in range(pairs):
-        name = f"{CLASS_NAMES[2 * p][:34]} / reversal"
+        name = f"{CLASS_NAMES[2 * p]} / {CLASS_NAMES[2 * p + 1]}"
         rows.append(
             [name]
             + [
