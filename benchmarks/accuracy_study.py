@@ -69,31 +69,18 @@ def options_for(args, seed: int):
 
 def prepare_proposals(args) -> None:
     """Fine-tune the RPN on the training split's boxes (once) and precompute its proposals (once)."""
-    from strg_deploy.config import preset
-    from strg_deploy.data.datasets import read_box_tracks
-    from strg_deploy.train.data import ClipDataset
     from strg_deploy.train.loop import TrainOptions
-    from strg_deploy.train.proposer import fit_proposer
-    from strg_deploy.train.run import RunSpec, proposals_run, read_split
+    from strg_deploy.train.run import RunSpec, proposals_run, proposer_run
 
     rpn_dir = args.out / "rpn"
     detector = rpn_dir / "detector.safetensors"
     if len(read_metrics(rpn_dir)) < args.rpn_epochs:
-        spec = RunSpec(args.data, "ssv2", args.preset, "strg", rpn_dir)
-        train, validation = read_split(spec, "train"), read_split(spec, "validation")
-        cfg = preset(args.preset).with_classes(train.classes)
-        tracks = read_box_tracks(args.data / "boxes.jsonl")
+        spec = RunSpec(
+            args.data, "ssv2", args.preset, "strg", rpn_dir, boxes=args.data / "boxes.jsonl", cache=args.cache
+        )
         options = TrainOptions(epochs=args.rpn_epochs, lr=args.rpn_lr, seed=0, workers=args.workers)
         start = time.perf_counter()
-        rpn_dir.mkdir(parents=True, exist_ok=True)
-        (rpn_dir / "metrics.jsonl").unlink(missing_ok=True)  # the RPN task does not resume: start over
-        fit_proposer(
-            cfg,
-            ClipDataset(train, cfg, train=True, tracks=tracks, cache=args.cache),
-            ClipDataset(validation, cfg, train=False, tracks=tracks, cache=args.cache),
-            rpn_dir,
-            options,
-        )
+        proposer_run(spec, options)  # the RPN task does not resume: an unfinished one starts over
         print(f"rpn: fine-tuned in {time.perf_counter() - start:.0f} s", flush=True)
     proposals = args.out / "proposals.safetensors"
     if not proposals.exists():
