@@ -75,12 +75,20 @@ def prepare_proposals(args) -> None:
     rpn_dir = args.out / "rpn"
     detector = rpn_dir / "detector.safetensors"
     if len(read_metrics(rpn_dir)) < args.rpn_epochs:
+        resume = (rpn_dir / "last").is_dir()  # continues after the last finished epoch
         spec = RunSpec(
-            args.data, "ssv2", args.preset, "strg", rpn_dir, boxes=args.data / "boxes.jsonl", cache=args.cache
+            args.data,
+            "ssv2",
+            args.preset,
+            "strg",
+            rpn_dir,
+            boxes=args.data / "boxes.jsonl",
+            cache=args.cache,
+            resume=resume,
         )
         options = TrainOptions(epochs=args.rpn_epochs, lr=args.rpn_lr, seed=0, workers=args.workers)
         start = time.perf_counter()
-        proposer_run(spec, options)  # the RPN task does not resume: an unfinished one starts over
+        proposer_run(spec, options)
         print(f"rpn: fine-tuned in {time.perf_counter() - start:.0f} s", flush=True)
     proposals = args.out / "proposals.safetensors"
     if not proposals.exists():

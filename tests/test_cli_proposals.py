@@ -114,6 +114,10 @@ def test_task_proposals_fine_tunes_the_rpn_and_reports_recall(setup):
     assert 0.0 <= line["recall"] <= 1.0 and line["lr"] >= 0.0
     fresh = RegionProposer(preset("tiny"))
     load_detector_weights(fresh, run / "detector.safetensors")  # strict: every key fits the preset's RPN
+    result = runner.invoke(app, [*args, "--epochs", "2", "--resume"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(text) for text in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2] and lines[0] == line  # epoch 1 kept, epoch 2 added
 
 
 @pytest.mark.parametrize(
@@ -121,10 +125,12 @@ def test_task_proposals_fine_tunes_the_rpn_and_reports_recall(setup):
     [
         (["--task", "proposals"], "give --boxes"),
         (["--task", "detect"], "--task must be classes or proposals"),
+        (["--task", "proposals", "--boxes", "BOXES", "--resume"], "nothing to resume"),
     ],
 )
 def test_task_errors_are_one_line(setup, extra, message):
     root, data, _, _ = setup
+    extra = [str(data / "boxes.jsonl") if arg == "BOXES" else arg for arg in extra]
     result = runner.invoke(app, ["train", *common(data, root / "bad_task"), *extra])
     assert result.exit_code == 2 and message in result.output
     assert len(result.output.strip().splitlines()) == 1

@@ -19,6 +19,7 @@ from strg_deploy.data.datasets import read_box_tracks, read_something_something_
 from strg_deploy.data.synthetic import generate
 from strg_deploy.errors import StrgError
 from strg_deploy.models.proposals import Proposals, RegionProposer, load_detector_weights
+from strg_deploy.models.state_dicts import read_state_dict
 from strg_deploy.train.data import ClipDataset
 from strg_deploy.train.loop import TrainOptions
 from strg_deploy.train.optim import make_optimizer
@@ -347,6 +348,48 @@ def test_fit_proposer_writes_a_loadable_detector_and_metrics(synthetic, tmp_path
     assert result["num_gt_boxes"] == metrics["num_gt_boxes"] and result["recall"] == pytest.approx(
         metrics["recall"]
     )
+
+
+def test_fit_proposer_resumed_after_an_epoch_ends_as_an_uninterrupted_run(synthetic, tmp_path):
+    cfg, train, val, tracks = synthetic
+    options = TrainOptions(epochs=2, batch_size=4, lr=0.05, workers=0, seed=5, warmup_epochs=0.5)
+
+    def run(out, options, resume=False):
+        train_set = ClipDataset(train, cfg, train=True, tracks=tracks, seed=5)
+        val_set = ClipDataset(val, cfg, train=False, tracks=tracks)
+        return fit_proposer(cfg, train_set, val_set, out, options, resume=resume)
+
+    whole = run(tmp_path / "whole", options)
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_two(step, total, loss):
+        if step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):  # killed one step into epoch 2: last/ holds epoch 1
+        train_set = ClipDataset(train, cfg, train=True, tracks=tracks, seed=5)
+        val_set = ClipDataset(val, cfg, train=False, tracks=tracks)
+        fit_proposer(cfg, train_set, val_set, tmp_path / "parts", options, on_step=kill_in_epoch_two)
+    steps = []
+    train_set = ClipDataset(train, cfg, train=True, tracks=tracks, seed=5)
+    val_set = ClipDataset(val, cfg, train=False, tracks=tracks)
+    parts = fit_proposer(
+        cfg, train_set, val_set, tmp_path / "parts", options, resume=True, on_step=lambda *a: steps.append(a)
+    )
+    assert [s[:2] for s in steps] == [(3, 4), (4, 4)]  # only the second epoch ran
+    volatile = {"train_frames_per_second"}
+    assert {k: v for k, v in parts.items() if k not in volatile} == {
+        k: v for k, v in whole.items() if k not in volatile
+    }
+    lines = (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    a = read_state_dict(tmp_path / "whole" / DETECTOR_FILE)
+    b = read_state_dict(tmp_path / "parts" / DETECTOR_FILE)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a finished run resumed again trains nothing and returns its last metrics
+    assert run(tmp_path / "parts", options, resume=True)["recall"] == parts["recall"]
 
 
 def test_fit_proposer_needs_box_tracks(synthetic, tmp_path):

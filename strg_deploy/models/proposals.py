@@ -228,6 +228,7 @@ class RegionProposer(nn.Module):
         super().__init__()
         cfg.proposals.validate()
         p = cfg.proposals
+        self.cfg = cfg
         self.size = cfg.size
         self.detector = p.detector
         self.num_boxes = p.num_boxes

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -42,6 +43,7 @@ from strg_deploy.models.proposals import (
     load_detector_weights,
 )
 from strg_deploy.models.strg import rpn_frames
+from strg_deploy.train.checkpoint import TrainPosition, load_checkpoint, save_checkpoint
 from strg_deploy.train.data import ClipDataset
 from strg_deploy.train.loop import EpochSampler, TrainOptions, choose_device
 from strg_deploy.train.optim import make_optimizer, scaled_lr, warmup_cosine
@@ -329,6 +331,7 @@ def fit_proposer(
     options: TrainOptions,
     *,
     init: Path | None = None,
+    resume: bool = False,
     iou: float = 0.5,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> dict:
@@ -345,7 +348,10 @@ def fit_proposer(
     ``val_set`` in eval mode, a JSON line in metrics.jsonl ({"epoch", "global_step", "lr",
     "objectness_loss", "box_loss", "recall", "iou", "num_boxes", "num_gt_boxes",
     "train_frames_per_second"}, losses averaged over the epoch) and the detector file
-    (:func:`save_detector`), both written atomically. ``on_step(global_step, total_steps, loss)`` is
+    (:func:`save_detector`), both written atomically, and the training state in ``out/last`` (a
+    checkpoint folder: weights in training form, optimizer, scheduler, position, RNG states).
+    ``resume`` continues from ``out/last`` at the next epoch (an epoch cut off part-way is redone), and
+    ends with the weights of an uninterrupted run. ``on_step(global_step, total_steps, loss)`` is
     called after every step. Seeded by ``options.seed``; the device is ``options.device``. Returns the
     last epoch's metrics.
     """
@@ -360,7 +366,7 @@ def fit_proposer(
     stride = cfg.backbone.temporal_stride
     torch.manual_seed(options.seed)
     model = RegionProposer(cfg)
-    if init is not None:
+    if init is not None and not resume:
         load_detector_weights(model, init)
     model = model.requires_grad_(True) if options.freeze_bn else trainable(model, norm_eps=TRAIN_NORM_EPS)
     model.to(device)
@@ -371,10 +377,17 @@ def fit_proposer(
     val_loader = torch.utils.data.DataLoader(
         val_set, batch_size=options.batch_size, num_workers=options.workers
     )
-    global_step = 0
+    position = TrainPosition(seed=options.seed)
     lines: list[str] = []
-    metrics: dict = {}
-    for epoch in range(options.epochs):
+    if resume:
+        position = load_checkpoint(out / "last", model, optimizer, scheduler).position
+        metrics_file = out / "metrics.jsonl"
+        done = metrics_file.read_text(encoding="utf-8").splitlines() if metrics_file.exists() else []
+        lines = done[: position.epoch]
+    global_step = position.global_step
+    metrics: dict = json.loads(lines[-1]) if lines else {}
+    extra = {"task": "proposals", "options": dataclasses.asdict(options)}
+    for epoch in range(position.epoch, options.epochs):
         train_set.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(
             train_set,
@@ -428,4 +441,6 @@ def fit_proposer(
         lines.append(json.dumps(metrics))
         atomic_write_text(out / "metrics.jsonl", "\n".join(lines) + "\n")
         save_detector(model, out / DETECTOR_FILE)
+        position = TrainPosition(epoch + 1, 0, global_step, metrics["recall"], options.seed)
+        save_checkpoint(out, "last", model, optimizer, scheduler, None, position, extra)
     return metrics

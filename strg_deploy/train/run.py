@@ -219,20 +219,25 @@ def proposer_run(
     spec: RunSpec, options: TrainOptions, on_step: Callable[[int, int, float], None] | None = None
 ) -> dict[str, Any]:
     """`strg train --task proposals`: fine-tune the preset's RPN on the ground-truth boxes of
-    ``spec.boxes`` (from ``spec.detector`` weights when given, else from scratch); writes
-    ``spec.out/detector.safetensors`` and ``spec.out/metrics.jsonl`` (recall at N per epoch)."""
+    ``spec.boxes`` (from ``spec.detector`` weights when given, else from scratch; with ``spec.resume``
+    from ``spec.out/last``); writes ``spec.out/detector.safetensors``, ``spec.out/metrics.jsonl``
+    (recall at N per epoch) and ``spec.out/last`` (the training state)."""
     from strg_deploy.train.proposer import fit_proposer
 
     if spec.boxes is None:
         raise StrgError("--task proposals trains the RPN on ground-truth boxes: give --boxes boxes.jsonl")
-    if spec.proposals is not None or spec.init is not None or spec.resume:
+    if spec.proposals is not None or spec.init is not None:
         raise StrgError(
-            "--task proposals takes --boxes and optionally --detector (no --proposals/--init/--resume)"
+            "--task proposals takes --boxes and optionally --detector or --resume (no --proposals/--init)"
         )
+    if spec.resume and not has_checkpoint(spec.out, "last"):
+        raise StrgError(f"nothing to resume in {spec.out}: no last/ checkpoint")
     train = read_split(spec, "train")
     validation = read_split(spec, "validation")
     cfg = preset(spec.preset).with_classes(train.classes, multi_label=train.multi_label)
     tracks = read_box_tracks(spec.boxes)
     train_set = ClipDataset(train, cfg, train=True, tracks=tracks, cache=spec.cache, seed=options.seed)
     val_set = ClipDataset(validation, cfg, train=False, tracks=tracks, cache=spec.cache)
-    return fit_proposer(cfg, train_set, val_set, spec.out, options, init=spec.detector, on_step=on_step)
+    return fit_proposer(
+        cfg, train_set, val_set, spec.out, options, init=spec.detector, resume=spec.resume, on_step=on_step
+    )
