@@ -7,6 +7,7 @@ Every error a user can cause is a StrgError, printed as one line on stderr with 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -533,3 +534,134 @@ def evaluate_checkpoint(
             f"top-1 {100 * metrics['top1']:.2f}  top-5 {100 * metrics['top5']:.2f}  "
             f"mean class accuracy {100 * metrics['mean_class_accuracy']:.2f}"
         )
+
+
+@app.command("export")
+@reports_errors
+def export_command(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(help="An STRG checkpoint folder (RUN_DIR/best); none: --preset, random weights."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for rpn/backbone/head.onnx + manifest.json.")
+    ] = None,
+    preset_name: Annotated[
+        str | None,
+        typer.Option("--preset", "-p", help="Without a checkpoint: export this preset with random weights."),
+    ] = None,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (>= 18).")] = 18,
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", help="Largest batch of clips the files accept.")
+    ] = 32,
+    external_data: Annotated[
+        bool, typer.Option("--external-data", help="Weights in <network>.onnx.data beside each file.")
+    ] = False,
+    plain: Annotated[
+        bool, typer.Option("--plain", help="Inline the custom nodes' bodies (standard ops only).")
+    ] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Compare onnxruntime and OpenVINO with torch after exporting.")
+    ] = False,
+    videos: Annotated[
+        list[Path] | None, typer.Option("--video", help="A video for --check's chain (repeatable).")
+    ] = None,
+    lint: Annotated[
+        Path | None, typer.Option("--lint", help="Lint an export folder for TensorRT instead of exporting.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Export an STRG checkpoint's three networks to ONNX (custom nodes with function bodies), write
+    manifest.json, and optionally check them against torch (--check); or lint an export (--lint DIR)."""
+    if lint is not None:
+        _lint_export(lint, as_json)
+        return
+    from strg_deploy.extras import require
+
+    require("torch", "strg export")
+    from strg_deploy.export.onnx import ExportOptions, export_model
+    from strg_deploy.models.serialization import load_pretrained
+    from strg_deploy.models.strg import build_model
+
+    if out is None:
+        raise StrgError("strg export needs --out DIR (or --lint DIR)")
+    if (checkpoint is None) == (preset_name is None):
+        raise StrgError("give a checkpoint folder or --preset NAME (random weights), not both")
+    model = load_pretrained(checkpoint) if checkpoint is not None else build_model(preset(preset_name)).eval()
+    options = ExportOptions(opset=opset, max_batch=max_batch, external_data=external_data, plain=plain)
+    with console.status("exporting") as status:
+        manifest = export_model(model, out, options, on_network=lambda n: status.update(f"exporting {n}"))
+    table = new_table(f"exported to {out}")
+    for column in ("network", "file", "MB", "inputs", "outputs", "custom ops"):
+        table.add_column(column)
+    for name, entry in manifest["networks"].items():
+        size = entry["bytes"] + entry.get("external_data", {}).get("bytes", 0)
+        table.add_row(
+            name,
+            entry["file"],
+            f"{size / 1e6:.1f}",
+            ", ".join(i["name"] for i in entry["inputs"]),
+            ", ".join(o["name"] for o in entry["outputs"]),
+            ", ".join(entry["custom_ops"]) or "-",
+        )
+    if not as_json:
+        console.print(table)
+    if check:
+        from strg_deploy.export.parity import check_export
+
+        rows = check_export(model, out, videos=videos or ())
+        failed = [row for row in rows if not row.passed]
+        if as_json:
+            typer.echo(
+                json.dumps({"manifest": manifest, "check": [dataclasses.asdict(r) for r in rows]}, indent=2)
+            )
+        else:
+            console.print(parity_table(rows))
+        if failed:
+            worst = max(failed, key=lambda r: r.max_abs)
+            raise StrgError(
+                f"{len(failed)} of {len(rows)} parity checks failed, e.g. {worst.runtime} {worst.network} on "
+                f"{worst.inputs}: max |diff| {worst.max_abs:.2e}"
+            )
+    elif as_json:
+        typer.echo(json.dumps(manifest, indent=2))
+
+
+def parity_table(rows: list) -> Table:
+    """The rows of `strg export --check` as a table."""
+    table = new_table("parity with torch (fp32)")
+    for column in ("runtime", "network", "inputs", "max |diff|", "masks", "top-1", "result"):
+        table.add_column(column)
+    for row in rows:
+        top1 = "-" if row.top1_equal is None else ("same" if row.top1_equal else "DIFFERS")
+        table.add_row(
+            row.runtime,
+            row.network,
+            row.inputs,
+            f"{row.max_abs:.1e}",
+            "equal" if row.masks_equal else "DIFFER",
+            top1,
+            "ok" if row.passed else "FAIL",
+        )
+    return table
+
+
+def _lint_export(folder: Path, as_json: bool) -> None:
+    """`strg export --lint DIR`: TensorRT-compatibility findings for the three files; exit 1 if any."""
+    from strg_deploy.export.lint import format_finding, lint_file
+    from strg_deploy.export.manifest import read_manifest
+
+    manifest = read_manifest(folder)
+    num_boxes = manifest["clip"]["num_boxes"]
+    findings = []
+    for name, entry in manifest["networks"].items():
+        findings += lint_file(folder / entry["file"], network=name, num_boxes=num_boxes)
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(f) for f in findings], indent=2))
+    else:
+        for finding in findings:
+            console.print(format_finding(finding), markup=False)
+        networks = ", ".join(manifest["networks"])
+        console.print(f"{len(findings)} finding(s) in {networks} ({folder})")
+    if findings:
+        raise typer.Exit(1)

@@ -25,6 +25,15 @@ RUNTIME_MODULES = [
     "strg_deploy.data.datasets",
     "strg_deploy.data.cache",
     "strg_deploy.data.synthetic",
+    "strg_deploy.custom_ops",
+    "strg_deploy.engines.base",
+    "strg_deploy.engines.onnxruntime",
+    "strg_deploy.engines.openvino",
+    "strg_deploy.export.manifest",
+    "strg_deploy.export.plugin_nodes",
+    "strg_deploy.export.rpn_postprocess",
+    "strg_deploy.export.lint",
+    "strg_deploy.export.tensorrt_ops",
 ]
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from strg_deploy.models.custom_nodes import space_time_graph_node
+
 
 def box_iou_pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """IoU of every box of ``a`` with every box of ``b`` (no gradient flows to the boxes).
@@ -64,6 +66,8 @@ def space_time_graphs(boxes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Te
     The graphs are constants with respect to the boxes (no gradient flows to box coordinates);
     ``backward`` is returned as a transposed view of a [B, T-1, N, N] tensor.
     """
+    if torch.onnx.is_in_onnx_export():  # one custom node; its body (or a TensorRT plugin) computes this
+        return space_time_graph_node(boxes, mask)
     tiny = torch.finfo(boxes.dtype).tiny
     # A padded box becomes the empty box at the origin: it intersects nothing, so it gets no edge.
     boxes = torch.where(mask[..., None], boxes.detach(), 0.0)

@@ -20,6 +20,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from strg_deploy.errors import StrgError, shape_error
+from strg_deploy.models.custom_nodes import roi_align_max_node
 
 
 def check_roi_inputs(features: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor) -> None:
@@ -54,6 +55,8 @@ def frame_roi_align_max(
     -> nodes float [B, T', N, C]. Padded nodes (mask False) get zero features whatever their coordinates.
     """
     check_roi_inputs(features, boxes, mask)
+    if torch.onnx.is_in_onnx_export():  # one custom node; its body (or a TensorRT plugin) computes this
+        return roi_align_max_node(features, boxes, mask, spatial_scale, output_size, sampling_ratio)
     batch, channels, frames, height, width = features.shape
     count, cells, bins = boxes.shape[2], height * width, output_size * output_size
     weights = interpolation_weights(boxes, mask, (height, width), spatial_scale, output_size, sampling_ratio)

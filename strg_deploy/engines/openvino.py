@@ -1,0 +1,56 @@
+"""OpenVINO backend: the network compiled for the CPU.
+
+OpenVINO does not take ONNX model-local functions in a custom domain, so a file with the ``strg`` custom
+nodes is inlined in memory first (the same graph that ``strg export --plain`` writes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from strg_deploy.custom_ops import inline_functions
+from strg_deploy.errors import StrgError
+from strg_deploy.extras import require
+
+
+class OpenVinoNetwork:
+    """An ONNX file compiled by OpenVINO for ``device`` (CPU). ``threads``: inference threads (0: default).
+    ``run({name: array}) -> {name: array}``."""
+
+    def __init__(self, path: str | Path, threads: int = 0, device: str = "CPU"):
+        ov = require("openvino", "running ONNX files on OpenVINO")
+        import onnx
+
+        try:
+            proto = onnx.load(str(path))
+        except Exception as err:  # OSError, or protobuf's DecodeError for a file that is not ONNX
+            raise StrgError(f"cannot read {path} as ONNX: {err}") from None
+        if proto.functions:
+            proto = inline_functions(proto)
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        try:
+            self.compiled = core.compile_model(core.read_model(proto.SerializeToString()), device, config)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise StrgError(f"OpenVINO cannot compile {path}: {first}") from None
+        self.request = self.compiled.create_infer_request()
+        self.input_names = tuple(i.get_any_name() for i in self.compiled.inputs)
+        graph_outputs = [o.name for o in proto.graph.output]
+        ports = list(self.compiled.outputs)
+        self._ports = {}
+        for name in graph_outputs:  # OpenVINO may name an output after the node that fed an Identity
+            port = next((p for p in ports if name in p.get_names()), None)
+            if port is None:
+                raise StrgError(f"OpenVINO lost the output {name} of {path}")
+            self._ports[name] = port
+        self.output_names = tuple(graph_outputs)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [name for name in self.input_names if name not in inputs]
+        if missing:
+            raise StrgError(f"missing input(s) {', '.join(missing)}")
+        result = self.request.infer({name: inputs[name] for name in self.input_names})
+        return {name: np.asarray(result[port]) for name, port in self._ports.items()}

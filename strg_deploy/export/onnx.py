@@ -1,0 +1,228 @@
+"""`strg export`: the three networks of an STRG checkpoint as ONNX files plus a manifest.
+
+- ``rpn.onnx``: frames uint8 [F, 3, S, S] -> boxes float32 [F, N, 4], scores float32 [F, N], mask bool
+  [F, N]. The traced part is :meth:`RegionProposer.candidates`; the batched NMS and the padding to N are
+  standard ops appended by :func:`~strg_deploy.export.rpn_postprocess.append_nms_top_n`.
+- ``backbone.onnx``: clip uint8 [B, 3, T, S, S] -> features float32 [B, d, T', H', W'].
+- ``head.onnx``: features, boxes float32 [B, T', N, 4], mask bool [B, T', N] -> logits float32 [B, C],
+  with the custom nodes ``strg::FrameRoIAlignMax`` and ``strg::SpaceTimeGraph`` and their function
+  bodies (:mod:`~strg_deploy.export.plugin_nodes`); ``plain`` inlines the bodies.
+
+Every network normalises its uint8 input inside the graph. The batch axis (F = B * T' for the RPN) is
+dynamic up to ``max_batch`` clips. Export uses ``torch.onnx.export(dynamo=True, optimize=True)``: without
+the optimiser a bias-free Conv3d is written with a malformed bias. Each file passes ``onnx.checker``'s
+full check, and every custom node must have its body (the checker does not look). Files are written to a
+temporary folder beside ``out`` and moved in only when all of them are complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from strg_deploy.custom_ops import inline_functions
+from strg_deploy.errors import StrgError
+from strg_deploy.export.manifest import MANIFEST_FILE, build_manifest, write_manifest
+from strg_deploy.export.plugin_nodes import attach_functions, missing_functions
+from strg_deploy.export.rpn_postprocess import CANDIDATE_OUTPUTS, append_nms_top_n
+from strg_deploy.models.strg import STRG
+
+NETWORKS = ("rpn", "backbone", "head")
+MIN_OPSET = 18
+DEFAULT_OPSET = 18
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    """``opset`` (>= 18), ``max_batch`` (clips; the RPN takes ``max_batch * T'`` frames),
+    ``external_data`` (weights in ``<network>.onnx.data`` beside each file), ``plain`` (functions
+    inlined: no custom nodes)."""
+
+    opset: int = DEFAULT_OPSET
+    max_batch: int = 32
+    external_data: bool = False
+    plain: bool = False
+
+    def validate(self) -> ExportOptions:
+        if self.opset < MIN_OPSET:
+            raise StrgError(f"--opset must be at least {MIN_OPSET}, got {self.opset}")
+        if self.max_batch < 1:
+            raise StrgError(f"--max-batch must be at least 1, got {self.max_batch}")
+        return self
+
+
+class _Candidates(nn.Module):
+    """frames uint8 [F, 3, S, S] -> (candidate_boxes [F, K, 4], candidate_scores [F, K],
+    candidate_valid [F, K])."""
+
+    def __init__(self, proposer: nn.Module):
+        super().__init__()
+        self.proposer = proposer
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.proposer.candidates(frames)
+
+
+def _trace(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    batch: torch.export.Dim,
+    opset: int,
+) -> onnx.ModelProto:
+    """torch.onnx.export (dynamo) with axis 0 of every input dynamic -> the ModelProto."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            optimize=True,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=tuple({0: batch} for _ in args),
+            verbose=False,
+        )
+    return program.model_proto
+
+
+def example_inputs(model: STRG, batch: int = 2, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """Random inputs of every network for ``batch`` clips: {"rpn": {"frames"}, "backbone": {"clip"},
+    "head": {"features", "boxes", "mask"}} (boxes are valid x1 < x2, y1 < y2 inside the frame)."""
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(seed)
+    t, n, size = cfg.feature_frames, cfg.proposals.num_boxes, cfg.size
+    corners = torch.rand(batch, t, n, 2, 2, generator=g) * size
+    boxes = torch.cat([corners.amin(dim=3), corners.amax(dim=3) + 1.0], dim=-1).clamp(max=size)
+    mask = torch.rand(batch, t, n, generator=g) > 0.25
+    mask[:, :, 0] = True
+    feature = cfg.feature_size
+    return {
+        "rpn": {"frames": torch.randint(0, 256, (batch * t, 3, size, size), dtype=torch.uint8, generator=g)},
+        "backbone": {
+            "clip": torch.randint(0, 256, (batch, 3, cfg.frames, size, size), dtype=torch.uint8, generator=g)
+        },
+        "head": {
+            "features": torch.randn(batch, cfg.node_dim, t, feature, feature, generator=g),
+            "boxes": boxes,
+            "mask": mask,
+        },
+    }
+
+
+def export_network(model: STRG, network: str, options: ExportOptions) -> onnx.ModelProto:
+    """One network of ``model`` (eval mode) as a checked ModelProto (see the module docstring)."""
+    options.validate()
+    if network not in NETWORKS:
+        raise StrgError(f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
+    model = model.eval()
+    inputs = example_inputs(model)[network]
+    frames_per_clip = model.cfg.feature_frames
+    if network == "rpn":
+        batch = torch.export.Dim("frames", min=1, max=options.max_batch * frames_per_clip)
+        proto = _trace(
+            _Candidates(model.rpn),
+            tuple(inputs.values()),
+            ["frames"],
+            list(CANDIDATE_OUTPUTS),
+            batch,
+            options.opset,
+        )
+        append_nms_top_n(proto, model.rpn.num_boxes, model.rpn.nms_threshold)
+    elif network == "backbone":
+        batch = torch.export.Dim("batch", min=1, max=options.max_batch)
+        proto = _trace(model.backbone, tuple(inputs.values()), ["clip"], ["features"], batch, options.opset)
+    else:
+        batch = torch.export.Dim("batch", min=1, max=options.max_batch)
+        proto = _trace(model.head, tuple(inputs.values()), list(inputs), ["logits"], batch, options.opset)
+        attach_functions(proto)
+        if options.plain:
+            proto = inline_functions(proto)
+    check_network(proto, network)
+    return proto
+
+
+def check_network(proto: onnx.ModelProto, network: str) -> None:
+    """``onnx.checker`` (full check, with shape inference) and a body for every custom node."""
+    missing = missing_functions(proto)
+    if missing:
+        raise StrgError(f"{network}.onnx: custom node(s) {', '.join(missing)} have no function body")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise StrgError(f"{network}.onnx fails onnx.checker: {first}") from None
+
+
+def _save(proto: onnx.ModelProto, path: Path, external_data: bool) -> list[Path]:
+    """Write ``proto`` to ``path`` (and ``path.data`` with external data); returns the files written."""
+    if external_data:
+        onnx.save_model(
+            proto,
+            path,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"{path.name}.data",
+            size_threshold=1024,
+        )
+        data = path.with_name(f"{path.name}.data")
+        return [path, data] if data.exists() else [path]
+    onnx.save_model(proto, path)
+    return [path]
+
+
+def export_model(
+    model: STRG, out: str | Path, options: ExportOptions = ExportOptions(), on_network=None
+) -> dict:
+    """Export the three networks of ``model`` to ``out`` (rpn.onnx, backbone.onnx, head.onnx, and
+    manifest.json) and return the manifest. ``on_network(name)`` is called before each network.
+
+    All files are first written to a temporary folder beside ``out``; only when every network exported
+    and checked are they moved into ``out`` (the manifest last), so a failed export leaves a previous
+    one intact.
+    """
+    if not isinstance(model, STRG):
+        architecture = getattr(getattr(model, "cfg", None), "architecture", type(model).__name__)
+        raise StrgError(
+            f"strg export takes an STRG checkpoint (its three networks); this one is {architecture!r}"
+        )
+    options.validate()
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    except OSError as err:
+        raise StrgError(f"cannot write to {out}: {err.strerror}") from None
+    try:
+        written: dict[str, list[Path]] = {}
+        protos: dict[str, onnx.ModelProto] = {}
+        for network in NETWORKS:
+            if on_network is not None:
+                on_network(network)
+            proto = export_network(model, network, options)
+            protos[network] = proto
+            written[network] = _save(proto, staging / f"{network}.onnx", options.external_data)
+        manifest = build_manifest(model.cfg, protos, written, options)
+        write_manifest(staging / MANIFEST_FILE, manifest)
+        for files in written.values():
+            for file in files:
+                os.replace(file, out / file.name)
+        stale = [out / f"{n}.onnx.data" for n in NETWORKS] if not options.external_data else []
+        for file in stale:
+            file.unlink(missing_ok=True)
+        os.replace(staging / MANIFEST_FILE, out / MANIFEST_FILE)
+    except OSError as err:
+        raise StrgError(f"cannot write the export to {out}: {err.strerror or err}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
