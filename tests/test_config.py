@@ -100,3 +100,10 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
             raise RuntimeError("killed mid-write")
     assert target.read_text() == "good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path):
+    atomic_write_text(tmp_path / "atomic.json", "{}")
+    (tmp_path / "plain.json").write_text("{}")
+    mode = (tmp_path / "atomic.json").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain.json").stat().st_mode & 0o777  # not mkstemp's 0600

@@ -1,6 +1,10 @@
 """onnxruntime backend: an InferenceSession per network, full graph optimisations, tunable threads.
 
 onnxruntime runs the model-local function bodies of the custom nodes, so it reads the export as written.
+Its intra-op threads do not spin-wait after a run by default (``spin=False``): the three networks run one
+after another in three sessions, each with its own thread pool, and a pool left spinning takes the
+cores from the next session's. Measured on the small preset's chain at batch 1 on 2 cores: 216-224 ms
+with spinning, 104-107 ms without (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -15,10 +19,15 @@ from strg_deploy.extras import require
 
 class OnnxRuntimeNetwork:
     """An ONNX file on onnxruntime's CPU provider (or ``providers``). ``threads``: intra-op threads
-    (0: onnxruntime's default, one per core). ``run({name: array}) -> {name: array}``."""
+    (0: onnxruntime's default, one per core); ``spin``: let them spin-wait between runs (see the module
+    docstring). ``run({name: array}) -> {name: array}``."""
 
     def __init__(
-        self, path: str | Path, threads: int = 0, providers: tuple[str, ...] = ("CPUExecutionProvider",)
+        self,
+        path: str | Path,
+        threads: int = 0,
+        providers: tuple[str, ...] = ("CPUExecutionProvider",),
+        spin: bool = False,
     ):
         ort = require("onnxruntime", "running ONNX files on onnxruntime")
         options = ort.SessionOptions()
@@ -26,6 +35,7 @@ class OnnxRuntimeNetwork:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=list(providers))
         except Exception as err:  # onnxruntime raises its own types (Fail, InvalidGraph, NoSuchFile...)

@@ -24,7 +24,7 @@ from strg_deploy.data.video import open_video
 from strg_deploy.engines.base import Network
 from strg_deploy.errors import StrgError
 from strg_deploy.export.onnx import NETWORKS, example_inputs
-from strg_deploy.models.strg import STRG, rpn_frames
+from strg_deploy.models.strg import STRG
 
 RUNTIMES = ("onnxruntime", "openvino")
 TOLERANCE = 1e-4
@@ -74,8 +74,10 @@ def run_chain(networks: dict[str, Network], clips: np.ndarray, cfg: ModelConfig)
     [B, T', N], "logits" [B, C]}: the RPN on every ``temporal_stride``-th frame, the backbone on the clip,
     the head on both."""
     batch, t, n = clips.shape[0], cfg.feature_frames, cfg.proposals.num_boxes
-    frames = rpn_frames(torch.from_numpy(clips), cfg.backbone.temporal_stride).numpy()
-    proposals = networks["rpn"].run({"frames": np.ascontiguousarray(frames)})
+    frames = clips[:, :, :: cfg.backbone.temporal_stride].transpose(0, 2, 1, 3, 4)  # as rpn_frames
+    proposals = networks["rpn"].run(
+        {"frames": np.ascontiguousarray(frames.reshape(-1, *clips.shape[1:2], *clips.shape[3:]))}
+    )
     boxes = proposals["boxes"].reshape(batch, t, n, 4)
     mask = proposals["mask"].reshape(batch, t, n)
     features = networks["backbone"].run({"clip": clips})["features"]
