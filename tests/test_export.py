@@ -346,3 +346,16 @@ def test_cli_lint_passes_the_export_and_names_a_bad_node(exported, tmp_path):
     result = runner.invoke(app, ["export", "--lint", str(tmp_path)])
     assert result.exit_code == 1
     assert '"/head/NonZero_bad"' in result.stdout and "[data-dependent-shape]" in result.stdout
+
+
+def test_head_exports_at_a_later_opset(exported, tmp_path):
+    model, _, _ = exported
+    proto = export_network(model, "head", ExportOptions(opset=20))
+    assert {(o.domain, o.version) for o in proto.opset_import} == {("", 20), (DOMAIN, 1)}
+    assert all(f.opset_import[0].version == 20 for f in proto.functions)
+    inputs = export_onnx.example_inputs(model, seed=4)["head"]
+    (logits,) = ort.InferenceSession(proto.SerializeToString()).run(
+        None, {k: v.numpy() for k, v in inputs.items()}
+    )
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, model.head(**inputs).numpy(), atol=1e-5)
