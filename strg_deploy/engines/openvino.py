@@ -2,10 +2,21 @@
 
 OpenVINO does not take ONNX model-local functions in a custom domain, so a file with the ``strg`` custom
 nodes is inlined in memory first (the same graph that ``strg export --plain`` writes).
+
+Compiling a model for the CPU installs an alternate signal stack (11,568 bytes) on the calling thread and
+leaves it there while the compiled model lives. CPython installs every Python-level signal handler with
+SA_ONSTACK, so signals then run on that stack; with torch's SIGCHLD handler in place (any DataLoader
+with workers sets it), the exit of a child process then killed the whole process with SIGSEGV. The
+backend therefore puts the thread's previous signal stack back after compiling
+(:func:`kept_signal_stack`); inference does not need OpenVINO's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +24,44 @@ import numpy as np
 from strg_deploy.custom_ops import inline_functions
 from strg_deploy.errors import StrgError
 from strg_deploy.extras import require
+
+
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+def signal_stack() -> tuple[int, int, int] | None:
+    """The calling thread's alternate signal stack as (address, flags, size); None where libc has no
+    ``sigaltstack`` (not Linux)."""
+    libc = _libc()
+    if libc is None:
+        return None
+    current = _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(current))
+    return current.ss_sp or 0, current.ss_flags, current.ss_size
+
+
+@contextlib.contextmanager
+def kept_signal_stack() -> Iterator[None]:
+    """Run the block, then restore the calling thread's alternate signal stack as it was before it."""
+    libc = _libc()
+    saved = _SignalStack()
+    if libc is not None:
+        libc.sigaltstack(None, ctypes.byref(saved))
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.sigaltstack(ctypes.byref(saved), None)
+
+
+@functools.cache
+def _libc():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc if hasattr(libc, "sigaltstack") else None
+    except OSError:
+        return None
 
 
 class OpenVinoNetwork:
@@ -32,7 +81,8 @@ class OpenVinoNetwork:
         core = ov.Core()
         config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
         try:
-            self.compiled = core.compile_model(core.read_model(proto.SerializeToString()), device, config)
+            with kept_signal_stack():
+                self.compiled = core.compile_model(core.read_model(proto.SerializeToString()), device, config)
         except RuntimeError as err:
             first = str(err).strip().splitlines()[0]
             raise StrgError(f"OpenVINO cannot compile {path}: {first}") from None
