@@ -74,10 +74,9 @@ def run_chain(networks: dict[str, Network], clips: np.ndarray, cfg: ModelConfig)
     [B, T', N], "logits" [B, C]}: the RPN on every ``temporal_stride``-th frame, the backbone on the clip,
     the head on both."""
     batch, t, n = clips.shape[0], cfg.feature_frames, cfg.proposals.num_boxes
-    frames = clips[:, :, :: cfg.backbone.temporal_stride].transpose(0, 2, 1, 3, 4)  # as rpn_frames
-    proposals = networks["rpn"].run(
-        {"frames": np.ascontiguousarray(frames.reshape(-1, *clips.shape[1:2], *clips.shape[3:]))}
-    )
+    frames = clips[:, :, :: cfg.backbone.temporal_stride].transpose(0, 2, 1, 3, 4)  # [B, T', 3, S, S]
+    frames = np.ascontiguousarray(frames.reshape(-1, *frames.shape[2:]))  # as models.strg.rpn_frames
+    proposals = networks["rpn"].run({"frames": frames})
     boxes = proposals["boxes"].reshape(batch, t, n, 4)
     mask = proposals["mask"].reshape(batch, t, n)
     features = networks["backbone"].run({"clip": clips})["features"]
