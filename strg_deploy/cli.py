@@ -552,7 +552,10 @@ def export_command(
     ] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset (>= 18).")] = 18,
     max_batch: Annotated[
-        int, typer.Option("--max-batch", help="Largest batch of clips the files accept.")
+        int,
+        typer.Option(
+            "--max-batch", help="Largest batch of clips, for engine builders (the ONNX files take any)."
+        ),
     ] = 32,
     external_data: Annotated[
         bool, typer.Option("--external-data", help="Weights in <network>.onnx.data beside each file.")
