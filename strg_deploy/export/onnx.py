@@ -12,7 +12,7 @@ Every network normalises its uint8 input inside the graph. The batch axis (F = B
 dynamic up to ``max_batch`` clips. Export uses ``torch.onnx.export(dynamo=True, optimize=True)``: without
 the optimiser a bias-free Conv3d is written with a malformed bias. Each file passes ``onnx.checker``'s
 full check, and every custom node must have its body (the checker does not look). Files are written to a
-temporary folder beside ``out`` and moved in only when all of them are complete.
+temporary folder inside ``out`` (``.export-*``) and moved in only when all of them are complete.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def export_model(
     """Export the three networks of ``model`` to ``out`` (rpn.onnx, backbone.onnx, head.onnx, and
     manifest.json) and return the manifest. ``on_network(name)`` is called before each network.
 
-    All files are first written to a temporary folder beside ``out``; only when every network exported
+    All files are first written to a temporary folder inside ``out``; only when every network exported
     and checked are they moved into ``out`` (the manifest last), so a failed export leaves a previous
     one intact.
     """
