@@ -11,27 +11,35 @@ schedule for every model, and several seeds each:
     strg-gt   STRG on the ground-truth boxes: the upper bound
 
 Every run lives in OUT/<model>/seed<k> and resumes from its last checkpoint, so the study can be stopped
-and continued (several sessions). The RPN is fine-tuned once (OUT/rpn) and its proposals computed once
-(OUT/proposals.safetensors) for all seeds. After the runs (or with --report alone) the script evaluates
-each finished run's final weights on the validation split (2 temporal clips per video) and prints top-1,
-per-pair accuracy, the direction accuracy within pairs (of the videos whose prediction falls in the right
-pair, the share given the right direction) and wall time; OUT/study.json keeps every number.
+and continued. The RPN is fine-tuned once (OUT/rpn) and its proposals computed once
+(OUT/proposals.safetensors) for all seeds. As soon as a run has finished, the script evaluates its final
+weights on the validation split (2 temporal clips per video) and adds the result to the RECORD
+(benchmarks/results/accuracy_study.json, kept in the repository): top-1, per-class and per-pair accuracy,
+the direction accuracy within pairs (of the videos whose prediction falls in the right pair, the share
+given the right direction), wall time, clips/s and the loader's share. A run already in the record with
+the same settings (preset, epochs, lr, split sizes; for strg-rpn also the RPN's epochs and lr) is not
+trained again, so a study spreads over machines that keep only the record. The report (at the end, or
+--report alone) reads the record and prints mean ± std over seeds.
 
     python benchmarks/accuracy_study.py --data synth --cache cache --out study \\
-        --epochs 6 --seeds 0 1 2 [--models frame i3d strg-rpn strg-gt] [--report]
+        --epochs 10 --lr 0.02 --seeds 0 1 2 [--models frame i3d strg-rpn strg-gt] [--report]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _timing import cpu_model
 
 MODELS = ("frame", "i3d", "strg-rpn", "strg-gt")
+RECORD = Path(__file__).resolve().parent / "results" / "accuracy_study.json"
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -39,6 +47,57 @@ def read_metrics(run: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def split_size(data: Path, split: str) -> int:
+    from strg_deploy.data.synthetic import SPLIT_FILES
+
+    return len(json.loads((data / SPLIT_FILES[split]).read_text(encoding="utf-8")))
+
+
+def settings_for(args, model: str) -> dict:
+    """What makes two runs of one model and seed the same experiment."""
+    settings = {
+        "preset": args.preset,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "train_videos": split_size(args.data, "train"),
+        "validation_videos": split_size(args.data, "validation"),
+    }
+    if model == "strg-rpn":
+        settings.update(rpn_epochs=args.rpn_epochs, rpn_lr=args.rpn_lr)
+    return settings
+
+
+def read_record(path: Path) -> list[dict]:
+    """The record's runs: dicts with model, seed, settings and the results of `evaluate_run`."""
+    if not path.exists():
+        return []
+    return json.loads(path.read_text(encoding="utf-8"))["runs"]
+
+
+def find_run(runs: list[dict], model: str, seed: int, settings: dict) -> dict | None:
+    for run in runs:
+        if run["model"] == model and run["seed"] == seed and run["settings"] == settings:
+            return run
+    return None
+
+
+def add_to_record(path: Path, entry: dict) -> None:
+    """Add (or replace) one run in the record, written atomically."""
+    from strg_deploy.fileio import atomic_write_text
+
+    runs = [
+        r
+        for r in read_record(path)
+        if not (
+            r["model"] == entry["model"] and r["seed"] == entry["seed"] and r["settings"] == entry["settings"]
+        )
+    ]
+    runs.append(entry)
+    runs.sort(key=lambda r: (MODELS.index(r["model"]), r["seed"], json.dumps(r["settings"], sort_keys=True)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"runs": runs}, indent=1) + "\n")
 
 
 def spec_for(args, model: str, run: Path):
@@ -99,30 +158,37 @@ def prepare_proposals(args) -> None:
 
 
 def train_all(args) -> None:
+    """Train every (seed, model) not yet in the record; record each one as soon as it has finished."""
     from strg_deploy.train.run import train_run
 
     for seed in args.seeds:  # seed-major: a partial study still compares every model
         for model in args.models:
-            run = args.out / model / f"seed{seed}"
-            if len(read_metrics(run)) >= args.epochs:
+            settings = settings_for(args, model)
+            if find_run(read_record(args.record), model, seed, settings) is not None:
                 continue
-            if model == "strg-rpn":
-                prepare_proposals(args)
-            print(f"{model} seed {seed}: training", flush=True)
-            train_run(spec_for(args, model, run), options_for(args, seed))
-            line = read_metrics(run)[-1]
-            print(
-                f"{model} seed {seed}: top-1 {100 * line['top1']:.1f} after epoch {line['epoch']}", flush=True
-            )
+            run = args.out / model / f"seed{seed}"
+            if len(read_metrics(run)) < args.epochs:
+                if model == "strg-rpn":
+                    prepare_proposals(args)
+                print(f"{model} seed {seed}: training", flush=True)
+                train_run(spec_for(args, model, run), options_for(args, seed))
+            entry = evaluate_run(args, model, seed, run)
+            add_to_record(args.record, entry)
+            print(f"{model} seed {seed}: top-1 {100 * entry['top1']:.1f} (recorded)", flush=True)
 
 
 def pair_scores(predicted: np.ndarray, labels: np.ndarray, pairs: int) -> dict:
     """Per pair "p" (classes 2p, 2p+1): accuracy, the share predicted inside the pair, and the direction
-    accuracy among those."""
+    accuracy among those (None where the pair has no video, or no prediction inside it).
+
+    predicted, labels: int [V] per video."""
     out = {}
     for p in range(pairs):
         inside = (labels // 2) == p
         in_pair = inside & (predicted // 2 == p)
+        if not inside.any():
+            out[str(p)] = {"accuracy": None, "in_pair": None, "direction": None}
+            continue
         out[str(p)] = {
             "accuracy": float((predicted[inside] == labels[inside]).mean()),
             "in_pair": float(in_pair[inside].mean()),
@@ -131,19 +197,33 @@ def pair_scores(predicted: np.ndarray, labels: np.ndarray, pairs: int) -> dict:
     return out
 
 
-def evaluate_run(args, model: str, run: Path) -> dict:
-    """Final weights (last/) on the validation split, 2 temporal clips per video; cached in the run."""
-    cached = run / "study_eval.json"
-    lines = read_metrics(run)
-    if cached.exists():
-        result = json.loads(cached.read_text())
-        if result["epoch"] == lines[-1]["epoch"]:
-            return result
+def summary_of(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """top1, per_class [C], pairs (see `pair_scores`), and their means over pairs: direction and in_pair.
+
+    predicted, labels: int [V] per video."""
+    pairs = pair_scores(predicted, labels, num_classes // 2)
+    directions = [p["direction"] for p in pairs.values() if p["direction"] is not None]
+    return {
+        "top1": float((predicted == labels).mean()),
+        "per_class": [
+            float((predicted[labels == c] == c).mean()) if (labels == c).any() else None
+            for c in range(num_classes)
+        ],
+        "pairs": pairs,
+        "direction": float(np.mean(directions)) if directions else None,
+        "in_pair": float(np.mean([p["in_pair"] for p in pairs.values() if p["in_pair"] is not None])),
+    }
+
+
+def evaluate_run(args, model: str, seed: int, run: Path) -> dict:
+    """The record entry of a finished run: its final weights (last/) on the validation split, 2 temporal
+    clips per video, and its training figures from metrics.jsonl."""
     from strg_deploy.models.serialization import load_pretrained
     from strg_deploy.train.data import ClipDataset, LoaderConfig
     from strg_deploy.train.loop import video_scores
     from strg_deploy.train.run import read_split, read_tracks
 
+    lines = read_metrics(run)
     spec = spec_for(args, model, run)
     network = load_pretrained(run / "last")
     data = read_split(spec, "validation")
@@ -153,71 +233,92 @@ def evaluate_run(args, model: str, run: Path) -> dict:
     )
     videos, scores = video_scores(network, dataset, 8, args.workers, "cpu")
     labels = np.array([data.records[int(v)].label for v in videos])
-    predicted = scores.argmax(1)
-    result = {
-        "epoch": lines[-1]["epoch"],
-        "top1": float((predicted == labels).mean()),
-        "pairs": pair_scores(predicted, labels, len(data.classes) // 2),
+    return {
+        "model": model,
+        "seed": seed,
+        "settings": settings_for(args, model),
+        **summary_of(scores.argmax(1), labels, len(data.classes)),
+        "final_loss": lines[-1]["train_loss"],
+        "curve": [line["top1"] for line in lines],
         "wall_seconds": sum(line.get("epoch_seconds", 0.0) for line in lines),
         "train_clips_per_second": float(np.mean([line["train_clips_per_second"] for line in lines])),
         "loader_share": float(np.mean([line["loader_share"] for line in lines])),
-        "curve": [line["top1"] for line in lines],
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, no GPU",
+        "date": datetime.date.today().isoformat(),
     }
-    cached.write_text(json.dumps(result, indent=1))
-    return result
 
 
-def mean_spread(values: list[float]) -> str:
-    if not values:
+def mean_spread(values: list[float | None], scale: float = 100.0, digits: int = 1) -> str:
+    """ "m ± s" (population std) of the values that are not None, times scale; "-" when there are none."""
+    a = scale * np.asarray([v for v in values if v is not None], dtype=float)
+    if not len(a):
         return "-"
-    a = 100 * np.asarray(values, dtype=float)
-    return f"{a.mean():.1f} ± {a.std():.1f}" if len(a) > 1 else f"{a[0]:.1f}"
+    return f"{a.mean():.{digits}f} ± {a.std():.{digits}f}" if len(a) > 1 else f"{a[0]:.{digits}f}"
 
 
 def report(args) -> None:
     from strg_deploy.data.synthetic import CLASS_NAMES
 
-    pairs = len(CLASS_NAMES) // 2
+    record = read_record(args.record)
     results: dict[str, list[dict]] = {}
     for model in args.models:
+        settings = settings_for(args, model)
         for seed in args.seeds:
+            entry = find_run(record, model, seed, settings)
             run = args.out / model / f"seed{seed}"
-            if len(read_metrics(run)) >= args.epochs:
-                results.setdefault(model, []).append({"seed": seed, **evaluate_run(args, model, run)})
-    print(f"\nsmall preset, {args.epochs} epochs, lr {args.lr} at batch 8; mean ± std over seeds (%)")
-    header = ["model", "seeds", "top-1", "direction in pair", "in pair", "wall min/run", "clips/s", "loader"]
+            if entry is None and len(read_metrics(run)) >= args.epochs:
+                entry = evaluate_run(args, model, seed, run)
+                add_to_record(args.record, entry)
+            if entry is not None:
+                results.setdefault(model, []).append(entry)
+    print(f"\n{args.preset} preset, {args.epochs} epochs, lr {args.lr} at batch 8; mean ± std over seeds (%)")
+    header = [
+        "model",
+        "seeds",
+        "top-1",
+        "direction in pair",
+        "in pair",
+        "final loss",
+        "wall min/run",
+        "clips/s",
+    ]
+    header.append("loader")
     rows = []
     for model, runs in results.items():
-        direction = [
-            np.mean([p["direction"] for p in r["pairs"].values() if p["direction"] is not None]) for r in runs
-        ]
         rows.append(
             [
                 model,
                 ",".join(str(r["seed"]) for r in runs),
                 mean_spread([r["top1"] for r in runs]),
-                mean_spread(direction),
-                mean_spread([np.mean([p["in_pair"] for p in r["pairs"].values()]) for r in runs]),
-                f"{np.mean([r['wall_seconds'] for r in runs]) / 60:.1f}",
-                f"{np.mean([r['train_clips_per_second'] for r in runs]):.1f}",
-                f"{100 * np.mean([r['loader_share'] for r in runs]):.1f}%",
+                mean_spread([r["direction"] for r in runs]),
+                mean_spread([r["in_pair"] for r in runs]),
+                mean_spread([r["final_loss"] for r in runs], scale=1.0, digits=2),
+                mean_spread([r["wall_seconds"] for r in runs], scale=1 / 60),
+                mean_spread([r["train_clips_per_second"] for r in runs], scale=1.0),
+                mean_spread([r["loader_share"] for r in runs]),
             ]
         )
     print_rows(header, rows)
-    print("\nper-pair accuracy (both classes of the pair), mean over seeds (%)")
-    header = ["pair"] + list(results)
+    print("\nper-pair accuracy (both classes of the pair), mean ± std over seeds (%)")
     rows = []
-    for p in range(pairs):
+    for p in range(len(CLASS_NAMES) // 2):
         name = f"{CLASS_NAMES[2 * p]} / {CLASS_NAMES[2 * p + 1]}"
         rows.append(
             [name]
+            + [mean_spread([r["pairs"][str(p)]["accuracy"] for r in runs]) for runs in results.values()]
+        )
+    print_rows(["pair"] + list(results), rows)
+    print("\nper-class accuracy, mean ± std over the seeds that recorded it (%)")
+    rows = []
+    for c, name in enumerate(CLASS_NAMES):
+        rows.append(
+            [name]
             + [
-                f"{100 * np.mean([r['pairs'][str(p)]['accuracy'] for r in runs]):.1f}"
+                mean_spread([(r.get("per_class") or [None] * len(CLASS_NAMES))[c] for r in runs])
                 for runs in results.values()
             ]
         )
-    print_rows(header, rows)
-    (args.out / "study.json").write_text(json.dumps(results, indent=1))
+    print_rows(["class"] + list(results), rows)
 
 
 def print_rows(header: list[str], rows: list[list[str]]) -> None:
@@ -233,9 +334,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="a `strg data synth` folder")
     parser.add_argument("--cache", type=Path, default=None, help="decoded-clip cache folder")
     parser.add_argument("--out", type=Path, required=True, help="study folder")
+    parser.add_argument("--record", type=Path, default=RECORD, help="the results of finished runs (JSON)")
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--lr", type=float, default=0.05, help="learning rate at batch 8")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=0.02, help="learning rate at batch 8")
     parser.add_argument("--rpn-epochs", type=int, default=3)
     parser.add_argument("--rpn-lr", type=float, default=0.02)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
