@@ -389,6 +389,8 @@ def train(
         finally:
             if progress.live.is_started:
                 progress.stop()
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+            return
         table = new_table(
             f"RPN fine-tuning: recall at {result['num_boxes']} boxes per frame, IoU >= {result['iou']}"
         )

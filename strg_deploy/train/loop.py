@@ -177,7 +177,7 @@ def validate(model: nn.Module, dataset: ClipDataset, batch_size: int, workers: i
     return evaluate(averaged, targets, dataset.cfg.multi_label, dataset.cfg.classes).to_dict()
 
 
-def _sum_over_ranks(values: list[float], world: int) -> list[float]:
+def sum_over_ranks(values: list[float], world: int) -> list[float]:
     """Element-wise sum of per-process numbers over all processes (the values themselves when alone)."""
     if world == 1:
         return values
@@ -308,7 +308,7 @@ def fit(
             if stop:
                 wait_for_rank0()
                 return position
-        seen, unreadable, clips, loss_sum, waiting, computing = _sum_over_ranks(
+        seen, unreadable, clips, loss_sum, waiting, computing = sum_over_ranks(
             [seen, unreadable, clips, loss_sum, waiting, computing], world
         )
         _check_unreadable(unreadable, seen, epoch, options.max_unreadable)

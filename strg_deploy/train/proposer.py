@@ -45,7 +45,7 @@ from strg_deploy.models.proposals import (
 from strg_deploy.models.strg import rpn_frames
 from strg_deploy.train.checkpoint import TrainPosition, load_checkpoint, save_checkpoint
 from strg_deploy.train.data import ClipDataset
-from strg_deploy.train.loop import EpochSampler, TrainOptions, choose_device
+from strg_deploy.train.loop import EpochSampler, TrainOptions, choose_device, distributed, sum_over_ranks
 from strg_deploy.train.optim import make_optimizer, scaled_lr, warmup_cosine
 
 DETECTOR_FORMAT = "strg-detector"
@@ -247,6 +247,19 @@ def rpn_losses(
     return rules.compute_loss(objectness, box_deltas, labels, regression_targets)
 
 
+class RPNObjective(nn.Module):
+    """:func:`rpn_losses` as a module's forward, so DistributedDataParallel can wrap it (DDP averages the
+    gradients of what runs inside its wrapped module's forward)."""
+
+    def __init__(self, proposer: RegionProposer) -> None:
+        super().__init__()
+        self.proposer = proposer
+
+    def forward(self, frames: Tensor, boxes: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """frames uint8 [F, 3, S, S], boxes float32 [F, K, 4], mask bool [F, K] -> the two losses."""
+        return rpn_losses(self.proposer, frames, boxes, mask)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Recall
 
@@ -354,14 +367,25 @@ def fit_proposer(
     ends with the weights of an uninterrupted run. ``on_step(global_step, total_steps, loss)`` is
     called after every step. Seeded by ``options.seed``; the device is ``options.device``. Returns the
     last epoch's metrics.
+
+    Under torch.distributed (torchrun) every process takes its share of each global batch of
+    ``options.batch_size`` clips and DistributedDataParallel averages the gradients: each process's
+    losses are means over the anchors it sampled, so the average is the global batch's loss when every
+    frame samples as many anchors (256 per frame, when a frame has that many labelled anchors). The
+    batch-norm statistics are re-estimated on rank 0's last batches and broadcast; the validation split
+    is divided between the processes and the recall counts summed; losses and frames/s are over all
+    processes; rank 0 alone writes, and ``on_step`` is called on rank 0 only.
     """
     _require_tracks(train_set, "training")
     _require_tracks(val_set, "validation")
     out = Path(out)
+    rank, world = distributed()
     device = choose_device(options.device)
     steps_per_epoch = len(train_set) // options.batch_size
     if steps_per_epoch < 1:
         raise StrgError(f"{len(train_set)} training clips make no batch of {options.batch_size}")
+    if options.batch_size % world:
+        raise StrgError(f"the batch size {options.batch_size} does not split over {world} processes")
     total = steps_per_epoch * options.epochs
     stride = cfg.backbone.temporal_stride
     torch.manual_seed(options.seed)
@@ -370,12 +394,18 @@ def fit_proposer(
         load_detector_weights(model, init)
     model = model.requires_grad_(True) if options.freeze_bn else trainable(model, norm_eps=TRAIN_NORM_EPS)
     model.to(device)
+    objective: nn.Module = RPNObjective(model)
+    if world > 1:  # gradients averaged over the processes; parameters broadcast from rank 0
+        objective = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device] if device.type == "cuda" else None
+        )
     lr = scaled_lr(options.lr, options.batch_size)
     optimizer = make_optimizer(model, lr, weight_decay=options.weight_decay)
     warmup = min(round(options.warmup_epochs * steps_per_epoch), total - 1)
     scheduler = warmup_cosine(optimizer, total, warmup)
+    val_share = torch.utils.data.Subset(val_set, range(rank, len(val_set), world)) if world > 1 else val_set
     val_loader = torch.utils.data.DataLoader(
-        val_set, batch_size=options.batch_size, num_workers=options.workers
+        val_share, batch_size=options.batch_size, num_workers=options.workers
     )
     position = TrainPosition(seed=options.seed)
     lines: list[str] = []
@@ -391,8 +421,10 @@ def fit_proposer(
         train_set.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(
             train_set,
-            batch_size=options.batch_size,
-            sampler=EpochSampler(len(train_set), options.seed, epoch, batch_size=options.batch_size),
+            batch_size=options.batch_size // world,
+            sampler=EpochSampler(
+                len(train_set), options.seed, epoch, batch_size=options.batch_size, rank=rank, world=world
+            ),
             num_workers=options.workers,
             drop_last=True,
         )
@@ -404,8 +436,8 @@ def fit_proposer(
         for batch in loader:
             frames = rpn_frames(batch["clip"], stride)
             recent.append(frames)
-            objectness_loss, box_loss = rpn_losses(
-                model, frames.to(device), batch["boxes"].flatten(0, 1), batch["mask"].flatten(0, 1)
+            objectness_loss, box_loss = objective(
+                frames.to(device), batch["boxes"].flatten(0, 1), batch["mask"].flatten(0, 1)
             )
             loss = objectness_loss + box_loss
             if not torch.isfinite(loss):
@@ -421,26 +453,36 @@ def fit_proposer(
             frames_done += frames.shape[0]
             now = time.perf_counter()
             seconds, tick = seconds + now - tick, now
-            if on_step is not None:
+            if on_step is not None and rank == 0:
                 on_step(global_step, total, float(loss.detach()))
         if not options.freeze_bn:
             update_norm_statistics(model, recent)
+            if world > 1:  # every process evaluates and goes on with rank 0's statistics
+                for buffer in model.buffers():
+                    torch.distributed.broadcast(buffer, 0)
         recall = loader_recall(model, val_loader, stride, iou, device)
+        objectness_sum, box_sum, matched, num_gt, frames_done, seconds = sum_over_ranks(
+            [*sums.tolist(), recall["matched"], recall["num_gt_boxes"], frames_done, seconds], world
+        )
         metrics = {
             "epoch": epoch + 1,
             "global_step": global_step,
             "lr": scheduler.get_last_lr()[0],
-            "objectness_loss": float(sums[0]) / steps_per_epoch,
-            "box_loss": float(sums[1]) / steps_per_epoch,
-            "recall": recall["recall"],
+            "objectness_loss": objectness_sum / (steps_per_epoch * world),
+            "box_loss": box_sum / (steps_per_epoch * world),
+            "recall": matched / num_gt if num_gt else 0.0,
             "iou": iou,
             "num_boxes": model.num_boxes,
-            "num_gt_boxes": recall["num_gt_boxes"],
-            "train_frames_per_second": frames_done / max(seconds, 1e-9),
+            "num_gt_boxes": int(num_gt),
+            # frames of all processes per second of one process's time (processes run side by side)
+            "train_frames_per_second": frames_done / max(seconds / world, 1e-9),
         }
         lines.append(json.dumps(metrics))
-        atomic_write_text(out / "metrics.jsonl", "\n".join(lines) + "\n")
-        save_detector(model, out / DETECTOR_FILE)
         position = TrainPosition(epoch + 1, 0, global_step, metrics["recall"], options.seed)
-        save_checkpoint(out, "last", model, optimizer, scheduler, None, position, extra)
+        if rank == 0:
+            atomic_write_text(out / "metrics.jsonl", "\n".join(lines) + "\n")
+            save_detector(model, out / DETECTOR_FILE)
+            save_checkpoint(out, "last", model, optimizer, scheduler, None, position, extra)
+        if world > 1:
+            torch.distributed.barrier()
     return metrics

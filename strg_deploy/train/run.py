@@ -221,7 +221,8 @@ def proposer_run(
     """`strg train --task proposals`: fine-tune the preset's RPN on the ground-truth boxes of
     ``spec.boxes`` (from ``spec.detector`` weights when given, else from scratch; with ``spec.resume``
     from ``spec.out/last``); writes ``spec.out/detector.safetensors``, ``spec.out/metrics.jsonl``
-    (recall at N per epoch) and ``spec.out/last`` (the training state)."""
+    (recall at N per epoch) and ``spec.out/last`` (the training state). Under torchrun the processes
+    join one group and share every batch, as in :func:`train_run`."""
     from strg_deploy.train.proposer import fit_proposer
 
     if spec.boxes is None:
@@ -232,6 +233,7 @@ def proposer_run(
         )
     if spec.resume and not has_checkpoint(spec.out, "last"):
         raise StrgError(f"nothing to resume in {spec.out}: no last/ checkpoint")
+    join_process_group(options.device)
     train = read_split(spec, "train")
     validation = read_split(spec, "validation")
     cfg = preset(spec.preset).with_classes(train.classes, multi_label=train.multi_label)
