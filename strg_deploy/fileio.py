@@ -31,8 +31,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have given
         yield tmp_path
+        # mkstemp's 0600 (or a writer's own, as safetensors' save_file) -> what open() would have given
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except OSError as err:
         tmp_path.unlink(missing_ok=True)

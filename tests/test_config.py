@@ -107,3 +107,13 @@ def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path):
     (tmp_path / "plain.json").write_text("{}")
     mode = (tmp_path / "atomic.json").stat().st_mode & 0o777
     assert mode == (tmp_path / "plain.json").stat().st_mode & 0o777  # not mkstemp's 0600
+
+
+def test_atomic_path_gives_plain_permissions_when_the_writer_sets_its_own(tmp_path):
+    with atomic_path(tmp_path / "weights.bin") as tmp:  # as safetensors' save_file does: 0600
+        tmp.write_bytes(b"1")
+        tmp.chmod(0o600)
+    (tmp_path / "plain.bin").write_bytes(b"1")
+    assert (tmp_path / "weights.bin").stat().st_mode & 0o777 == (
+        tmp_path / "plain.bin"
+    ).stat().st_mode & 0o777
