@@ -9,6 +9,8 @@ schedule for every model, and several seeds each:
     strg-rpn  STRG on the proposals of an RPN fine-tuned on the benchmark's boxes (`strg train --task
               proposals`, then `strg proposals`): the fair comparison with I3D
     strg-gt   STRG on the ground-truth boxes: the upper bound
+    strg-rpn2 (a diagnostic, not in the default list) STRG on the same RPN's 2 best proposals per frame
+              (the others masked): as many nodes per frame as the synthetic videos have objects
 
 Every run lives in OUT/<model>/seed<k> and resumes from its last checkpoint, so the study can be stopped
 and continued. The RPN is fine-tuned once (OUT/rpn) and its proposals computed once
@@ -38,7 +40,9 @@ from pathlib import Path
 import numpy as np
 from _timing import cpu_model
 
-MODELS = ("frame", "i3d", "strg-rpn", "strg-gt")
+MODELS = ("frame", "i3d", "strg-rpn", "strg-gt", "strg-rpn2")
+STUDY_MODELS = MODELS[:4]
+TOP_PROPOSALS = {"strg-rpn": None, "strg-rpn2": 2}  # proposals kept per frame (None: the preset's N)
 RECORD = Path(__file__).resolve().parent / "results" / "accuracy_study.json"
 
 
@@ -64,7 +68,7 @@ def settings_for(args, model: str) -> dict:
         "train_videos": split_size(args.data, "train"),
         "validation_videos": split_size(args.data, "validation"),
     }
-    if model == "strg-rpn":
+    if model in TOP_PROPOSALS:
         settings.update(rpn_epochs=args.rpn_epochs, rpn_lr=args.rpn_lr)
     return settings
 
@@ -105,7 +109,7 @@ def spec_for(args, model: str, run: Path):
 
     architecture = "strg" if model.startswith("strg") else model
     boxes = args.data / "boxes.jsonl" if model == "strg-gt" else None
-    proposals = args.out / "proposals.safetensors" if model == "strg-rpn" else None
+    proposals = proposals_file(args, model) if model in TOP_PROPOSALS else None
     resume = (run / "last" / "model.safetensors").exists()
     return RunSpec(
         args.data,
@@ -157,6 +161,31 @@ def prepare_proposals(args) -> None:
         print(f"rpn: proposals computed in {time.perf_counter() - start:.0f} s", flush=True)
 
 
+def proposals_file(args, model: str) -> Path:
+    top = TOP_PROPOSALS[model]
+    return args.out / ("proposals.safetensors" if top is None else f"proposals-top{top}.safetensors")
+
+
+def keep_best_proposals(source: Path, out: Path, keep: int) -> None:
+    """A copy of a precomputed-proposals file with each frame's ``keep`` best proposals (once)."""
+    from strg_deploy.models.proposals import PrecomputedBoxes, write_precomputed
+
+    if out.exists():
+        return
+    boxes = PrecomputedBoxes(source, keep)
+    entries = {}
+    for video_id in boxes.videos:
+        stored = boxes._read(video_id)  # frame_index, fps and size as stored; the proposals cut to `keep`
+        best = boxes(video_id, stored["frame_index"])
+        entries[video_id] = {
+            "frame_index": stored["frame_index"],
+            "fps": stored["fps"],
+            "size": stored["size"],
+            **best._asdict(),
+        }
+    write_precomputed(out, entries)
+
+
 def train_all(args) -> None:
     """Train every (seed, model) not yet in the record; record each one as soon as it has finished."""
     from strg_deploy.train.run import train_run
@@ -168,8 +197,10 @@ def train_all(args) -> None:
                 continue
             run = args.out / model / f"seed{seed}"
             if len(read_metrics(run)) < args.epochs:
-                if model == "strg-rpn":
+                if model in TOP_PROPOSALS:
                     prepare_proposals(args)
+                    if TOP_PROPOSALS[model] is not None:
+                        keep_best_proposals(proposals_file(args, "strg-rpn"), proposals_file(args, model), 2)
                 print(f"{model} seed {seed}: training", flush=True)
                 train_run(spec_for(args, model, run), options_for(args, seed))
             entry = evaluate_run(args, model, seed, run)
@@ -341,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rpn-epochs", type=int, default=3)
     parser.add_argument("--rpn-lr", type=float, default=0.02)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(STUDY_MODELS), choices=MODELS)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--report", action="store_true", help="only evaluate and report finished runs")
     args = parser.parse_args(argv)
