@@ -67,3 +67,15 @@ def test_openvino_leaves_the_signal_stack_as_it_was(head_file):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "survived", (result.returncode, result.stderr)
+
+
+def test_openvino_computes_in_float32_unless_asked(head_file):
+    """OpenVINO's own default is bf16 on CPUs with bfloat16 units; the backend asks for f32."""
+    path, feeds, expected = head_file
+    network = OpenVinoNetwork(path, threads=1)
+    assert network.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
+    np.testing.assert_allclose(network.run(feeds)["logits"], expected, atol=1e-5)
+    fast = OpenVinoNetwork(path, threads=1, precision="bf16")
+    np.testing.assert_allclose(fast.run(feeds)["logits"], expected, atol=0.05)  # bf16 where the CPU has it
+    with pytest.raises(StrgError, match="unknown OpenVINO precision 'fp8'"):
+        OpenVinoNetwork(path, precision="fp8")
