@@ -246,6 +246,15 @@ def summary_of(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> d
     }
 
 
+def training_figures(lines: list[dict]) -> dict:
+    """Training clips/s and the loader's share of the step time: medians over the epochs of metrics.jsonl,
+    so that a few epochs slowed by other work on the machine do not move them (wall time does move)."""
+    return {
+        "train_clips_per_second": float(np.median([line["train_clips_per_second"] for line in lines])),
+        "loader_share": float(np.median([line["loader_share"] for line in lines])),
+    }
+
+
 def evaluate_run(args, model: str, seed: int, run: Path) -> dict:
     """The record entry of a finished run: its final weights (last/) on the validation split, 2 temporal
     clips per video, and its training figures from metrics.jsonl."""
@@ -272,8 +281,7 @@ def evaluate_run(args, model: str, seed: int, run: Path) -> dict:
         "final_loss": lines[-1]["train_loss"],
         "curve": [line["top1"] for line in lines],
         "wall_seconds": sum(line.get("epoch_seconds", 0.0) for line in lines),
-        "train_clips_per_second": float(np.mean([line["train_clips_per_second"] for line in lines])),
-        "loader_share": float(np.mean([line["loader_share"] for line in lines])),
+        **training_figures(lines),
         "machine": f"{cpu_model()}, {os.cpu_count()} cores, no GPU",
         "date": datetime.date.today().isoformat(),
     }
