@@ -200,7 +200,11 @@ def train_all(args) -> None:
                 if model in TOP_PROPOSALS:
                     prepare_proposals(args)
                     if TOP_PROPOSALS[model] is not None:
-                        keep_best_proposals(proposals_file(args, "strg-rpn"), proposals_file(args, model), 2)
+                        keep_best_proposals(
+                            proposals_file(args, "strg-rpn"),
+                            proposals_file(args, model),
+                            TOP_PROPOSALS[model],
+                        )
                 print(f"{model} seed {seed}: training", flush=True)
                 train_run(spec_for(args, model, run), options_for(args, seed))
             entry = evaluate_run(args, model, seed, run)
