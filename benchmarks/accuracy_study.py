@@ -9,8 +9,13 @@ schedule for every model, and several seeds each:
     strg-rpn  STRG on the proposals of an RPN fine-tuned on the benchmark's boxes (`strg train --task
               proposals`, then `strg proposals`): the fair comparison with I3D
     strg-gt   STRG on the ground-truth boxes: the upper bound
-    strg-rpn2 (a diagnostic, not in the default list) STRG on the same RPN's 2 best proposals per frame
-              (the others masked): as many nodes per frame as the synthetic videos have objects
+Two diagnostics, not in the default list:
+
+    strg-rpn2     STRG on the same RPN's 2 best proposals per frame (the others masked): as many nodes per
+                  frame as the synthetic videos have objects
+    strg-rpn-i3d  the two-stage recipe: STRG on the RPN's proposals, its backbone initialised from the i3d
+                  run of the same seed (`strg train --init`), then the same schedule again; it needs that
+                  i3d run (list i3d before it in --models)
 
 Every run lives in OUT/<model>/seed<k> and resumes from its last checkpoint, so the study can be stopped
 and continued. The RPN is fine-tuned once (OUT/rpn) and its proposals computed once
@@ -40,9 +45,11 @@ from pathlib import Path
 import numpy as np
 from _timing import cpu_model
 
-MODELS = ("frame", "i3d", "strg-rpn", "strg-gt", "strg-rpn2")
+MODELS = ("frame", "i3d", "strg-rpn", "strg-gt", "strg-rpn2", "strg-rpn-i3d")
 STUDY_MODELS = MODELS[:4]
-TOP_PROPOSALS = {"strg-rpn": None, "strg-rpn2": 2}  # proposals kept per frame (None: the preset's N)
+# the models on the RPN's proposals, and how many they keep per frame (None: the preset's N)
+TOP_PROPOSALS = {"strg-rpn": None, "strg-rpn2": 2, "strg-rpn-i3d": None}
+INIT_FROM = {"strg-rpn-i3d": "i3d"}  # stage-2 models: their backbone starts from this model's run of the seed
 RECORD = Path(__file__).resolve().parent / "results" / "accuracy_study.json"
 
 
@@ -111,6 +118,7 @@ def spec_for(args, model: str, run: Path):
     boxes = args.data / "boxes.jsonl" if model == "strg-gt" else None
     proposals = proposals_file(args, model) if model in TOP_PROPOSALS else None
     resume = (run / "last" / "model.safetensors").exists()
+    init = args.out / INIT_FROM[model] / run.name / "last" if model in INIT_FROM else None
     return RunSpec(
         args.data,
         "ssv2",
@@ -121,6 +129,7 @@ def spec_for(args, model: str, run: Path):
         cache=args.cache,
         resume=resume,
         proposals=proposals,
+        init=init,
     )
 
 
@@ -175,7 +184,8 @@ def keep_best_proposals(source: Path, out: Path, keep: int) -> None:
     boxes = PrecomputedBoxes(source, keep)
     entries = {}
     for video_id in boxes.videos:
-        stored = boxes._read(video_id)  # frame_index, fps and size as stored; the proposals cut to `keep`
+        stored = boxes.stored(video_id)  # frame_index, fps and size as stored
+        # the proposals cut to `keep`:
         best = boxes(video_id, stored["frame_index"])
         entries[video_id] = {
             "frame_index": stored["frame_index"],
@@ -184,6 +194,24 @@ def keep_best_proposals(source: Path, out: Path, keep: int) -> None:
             **best._asdict(),
         }
     write_precomputed(out, entries)
+
+
+def prepare_inputs(args, model: str, seed: int) -> None:
+    """What a run of ``model`` needs before it trains: the RPN's proposals (fine-tuned and computed once,
+    then cut to the model's number per frame) and, for a stage-2 model, its finished stage-1 run."""
+    if model in TOP_PROPOSALS:
+        prepare_proposals(args)
+        if TOP_PROPOSALS[model] is not None:
+            keep_best_proposals(
+                proposals_file(args, "strg-rpn"), proposals_file(args, model), TOP_PROPOSALS[model]
+            )
+    if model in INIT_FROM:
+        first = INIT_FROM[model]
+        if len(read_metrics(args.out / first / f"seed{seed}")) < args.epochs:
+            raise SystemExit(
+                f"error: {model} seed {seed} starts from the {first} run of seed {seed}, which has not "
+                f"finished: list {first} before {model} in --models"
+            )
 
 
 def train_all(args) -> None:
@@ -197,14 +225,7 @@ def train_all(args) -> None:
                 continue
             run = args.out / model / f"seed{seed}"
             if len(read_metrics(run)) < args.epochs:
-                if model in TOP_PROPOSALS:
-                    prepare_proposals(args)
-                    if TOP_PROPOSALS[model] is not None:
-                        keep_best_proposals(
-                            proposals_file(args, "strg-rpn"),
-                            proposals_file(args, model),
-                            TOP_PROPOSALS[model],
-                        )
+                prepare_inputs(args, model, seed)
                 print(f"{model} seed {seed}: training", flush=True)
                 train_run(spec_for(args, model, run), options_for(args, seed))
             entry = evaluate_run(args, model, seed, run)
@@ -259,12 +280,24 @@ def training_figures(lines: list[dict]) -> dict:
     }
 
 
+def validation_predictions(network, data, tracks, cache: Path | None, workers: int):
+    """The network's predicted class and the label of every video of ``data`` (a Dataset), from its scores
+    averaged over 2 temporal clips, on the CPU: predicted, labels int [V]. ``tracks``: the boxes of STRG's
+    nodes (None for the RPN, or for models without regions)."""
+    from strg_deploy.train.data import ClipDataset, LoaderConfig
+    from strg_deploy.train.loop import video_scores
+
+    dataset = ClipDataset(
+        data, network.cfg, train=False, tracks=tracks, cache=cache, loader=LoaderConfig(temporal_clips=2)
+    )
+    videos, scores = video_scores(network, dataset, 8, workers, "cpu")
+    return scores.argmax(1), np.array([data.records[int(v)].label for v in videos])
+
+
 def evaluate_run(args, model: str, seed: int, run: Path) -> dict:
     """The record entry of a finished run: its final weights (last/) on the validation split, 2 temporal
     clips per video, and its training figures from metrics.jsonl."""
     from strg_deploy.models.serialization import load_pretrained
-    from strg_deploy.train.data import ClipDataset, LoaderConfig
-    from strg_deploy.train.loop import video_scores
     from strg_deploy.train.run import read_split, read_tracks
 
     lines = read_metrics(run)
@@ -272,16 +305,12 @@ def evaluate_run(args, model: str, seed: int, run: Path) -> dict:
     network = load_pretrained(run / "last")
     data = read_split(spec, "validation")
     tracks = read_tracks(spec, network.cfg.proposals.num_boxes)
-    dataset = ClipDataset(
-        data, network.cfg, train=False, tracks=tracks, cache=args.cache, loader=LoaderConfig(temporal_clips=2)
-    )
-    videos, scores = video_scores(network, dataset, 8, args.workers, "cpu")
-    labels = np.array([data.records[int(v)].label for v in videos])
+    predicted, labels = validation_predictions(network, data, tracks, args.cache, args.workers)
     return {
         "model": model,
         "seed": seed,
         "settings": settings_for(args, model),
-        **summary_of(scores.argmax(1), labels, len(data.classes)),
+        **summary_of(predicted, labels, len(data.classes)),
         "final_loss": lines[-1]["train_loss"],
         "curve": [line["top1"] for line in lines],
         "wall_seconds": sum(line.get("epoch_seconds", 0.0) for line in lines),

@@ -22,8 +22,8 @@ import sys
 import types
 from pathlib import Path
 
-import numpy as np
 from _timing import print_table
+from accuracy_study import validation_predictions
 
 
 def fused_classify(silence: str | None):
@@ -54,8 +54,6 @@ def main(argv: list[str] | None = None) -> None:
 
     from strg_deploy.data.datasets import read_box_tracks, read_something_something_v2
     from strg_deploy.models.serialization import load_pretrained
-    from strg_deploy.train.data import ClipDataset, LoaderConfig
-    from strg_deploy.train.loop import video_scores
     from strg_deploy.train.precompute import precomputed_tracks
 
     torch.set_num_threads(args.threads)
@@ -77,17 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     for boxes in tracks:
         for silence in (None, "graph", "global"):
             model.head.classify = types.MethodType(fused_classify(silence), model.head)
-            dataset = ClipDataset(
-                validation,
-                model.cfg,
-                train=False,
-                tracks=tracks[boxes],
-                cache=args.cache,
-                loader=LoaderConfig(temporal_clips=2),
-            )
-            videos, scores = video_scores(model, dataset, 8, 0, "cpu")
-            labels = np.array([validation.records[int(v)].label for v in videos])
-            predicted = scores.argmax(1)
+            predicted, labels = validation_predictions(model, validation, tracks[boxes], args.cache, 0)
             in_pair = predicted // 2 == labels // 2
             rows.append(
                 [
@@ -95,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
                     silence or "-",
                     f"{100 * (predicted == labels).mean():.1f}",
                     f"{100 * in_pair.mean():.1f}",
-                    f"{100 * (predicted[in_pair] == labels[in_pair]).mean():.1f}",
+                    f"{100 * (predicted[in_pair] == labels[in_pair]).mean():.1f}" if in_pair.any() else "-",
                 ]
             )
             print(" | ".join(rows[-1]), flush=True)

@@ -76,3 +76,64 @@ def test_the_committed_record_reads_back(study):
         assert run["model"] in study.MODELS
         assert 0.0 <= run["top1"] <= 1.0
         assert len(run["pairs"]) == 7
+
+
+def test_a_tiny_study_trains_records_and_skips_what_is_recorded(study, tmp_path, capsys):
+    """i3d, then STRG on the fine-tuned RPN's proposals with its backbone from that i3d run; then the
+    diagnosis script on the STRG run. The tiny learning rate keeps the stage-2 weights at the init."""
+    import torch
+    from safetensors.torch import load_file
+
+    from strg_deploy.data.synthetic import CLASS_NAMES, generate
+
+    data, out, record = tmp_path / "synth", tmp_path / "study", tmp_path / "record.json"
+    generate(data, videos_train=8, videos_validation=4, size=64, frames=16, workers=1, seed=5)
+    common = ["--data", str(data), "--out", str(out), "--record", str(record), "--preset", "tiny"]
+    common += ["--epochs", "1", "--lr", "1e-9", "--rpn-epochs", "1", "--seeds", "0", "--workers", "0"]
+    with pytest.raises(SystemExit, match="starts from the i3d run of seed 0, which has not finished"):
+        study.main([*common, "--models", "strg-rpn-i3d"])
+    study.main([*common, "--models", "i3d", "strg-rpn-i3d"])
+    runs = study.read_record(record)
+    assert [(r["model"], r["seed"]) for r in runs] == [("i3d", 0), ("strg-rpn-i3d", 0)]
+    for run in runs:
+        assert (
+            0.0 <= run["top1"] <= 1.0 and len(run["per_class"]) == len(CLASS_NAMES) and len(run["curve"]) == 1
+        )
+        assert run["settings"]["train_videos"] == 8 and run["settings"]["validation_videos"] == 4
+    assert "rpn_epochs" in runs[1]["settings"] and "rpn_epochs" not in runs[0]["settings"]
+    assert (out / "proposals.safetensors").is_file() and (out / "rpn" / "detector.safetensors").is_file()
+
+    first = load_file(out / "i3d" / "seed0" / "last" / "model.safetensors")
+    second = load_file(out / "strg-rpn-i3d" / "seed0" / "last" / "model.safetensors")
+    convs = [k for k in first if k.startswith("backbone.resnet.") and k.endswith("conv1.weight")]
+    assert len(convs) > 3
+    for name in convs:
+        torch.testing.assert_close(second[name], first[name], rtol=0, atol=1e-6)
+
+    mtime = (out / "i3d" / "seed0" / "metrics.jsonl").stat().st_mtime_ns
+    study.main([*common, "--models", "i3d", "strg-rpn-i3d"])  # everything is recorded: nothing trains
+    assert study.read_record(record) == runs
+    assert (out / "i3d" / "seed0" / "metrics.jsonl").stat().st_mtime_ns == mtime
+
+    diagnosis = importlib.util.spec_from_file_location("study_diagnosis", BENCHMARKS / "study_diagnosis.py")
+    module = importlib.util.module_from_spec(diagnosis)
+    diagnosis.loader.exec_module(module)
+    capsys.readouterr()
+    module.main(
+        [
+            str(out / "strg-rpn-i3d" / "seed0"),
+            "--data",
+            str(data),
+            "--proposals",
+            str(out / "proposals.safetensors"),
+            "--threads",
+            str(torch.get_num_threads()),
+        ]
+    )
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.count(" | ") == 4]
+    assert [row[:2] for row in rows[:6]] == [
+        [boxes, silenced]
+        for boxes in ("ground truth", "RPN proposals")
+        for silenced in ("-", "graph", "global")
+    ]
+    assert all(0.0 <= float(row[2]) <= 100.0 for row in rows[:6])

@@ -463,6 +463,10 @@ def test_precomputed_boxes_round_trip(tmp_path):
 
     b = source("b", [6])
     torch.testing.assert_close(b.boxes[0], rpn_like.boxes[1, :3])
+    stored = source.stored("b")  # as written: every box, not cut to N
+    assert stored["frame_index"].tolist() == [4, 6] and torch.equal(stored["boxes"], rpn_like.boxes)
+    with pytest.raises(StrgError, match="no video 'c'"):
+        source.stored("c")
     assert b.scores.tolist() == [[1.0, 1.0, 1.0]]
 
     with pytest.raises(StrgError, match="no video 'c'"):

@@ -548,9 +548,10 @@ class PrecomputedBoxes:
             return False
         return True
 
-    def _read(self, video_id: str) -> dict[str, Tensor]:
-        """The stored tensors of one video: the fields of the module docstring (fps and size in
-        version 2 files only). StrgError when the file has no such video."""
+    def stored(self, video_id: str) -> dict[str, Tensor]:
+        """The stored tensors of one video, every box of every stored frame (not cut to N): the fields of
+        the module docstring (fps and size in version 2 files only). StrgError when the file has no such
+        video."""
         if not self.has(video_id):
             raise StrgError(f"precomputed boxes {self.path} have no video {video_id!r}")
         f = self._file()
@@ -558,7 +559,7 @@ class PrecomputedBoxes:
         return {name: f.get_tensor(f"{video_id}/{name}") for name in names}
 
     def __call__(self, video_id: str, frame_indices: Sequence[int] | Tensor) -> Proposals:
-        data = self._read(video_id)
+        data = self.stored(video_id)
         wanted = torch.as_tensor(frame_indices, dtype=torch.int64).reshape(-1)
         row_of = {int(v): i for i, v in enumerate(data["frame_index"].tolist())}
         absent = [int(i) for i in wanted.tolist() if int(i) not in row_of]

@@ -160,7 +160,7 @@ class PrecomputedTracks(Mapping[str, BoxTracks]):
     def __getitem__(self, video_id: str) -> BoxTracks:
         if not isinstance(video_id, str) or not self.source.has(video_id):
             raise UnknownVideo(f"precomputed boxes {self.path} have no video {video_id!r}")
-        data = self.source._read(video_id)
+        data = self.source.stored(video_id)
         frame_index = data["frame_index"].numpy()
         if frame_index.size == 0:
             raise StrgError(f"precomputed boxes {self.path} hold no frames of video {video_id!r}")
