@@ -16,7 +16,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def cov():
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        spec = importlib.util.spec_from_file_location("proposal_coverage", BENCHMARKS / "proposal_coverage.py")
+        spec = importlib.util.spec_from_file_location(
+            "proposal_coverage", BENCHMARKS / "proposal_coverage.py"
+        )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         yield module
