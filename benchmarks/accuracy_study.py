@@ -18,7 +18,8 @@ Two diagnostics, not in the default list:
                   i3d run (list i3d before it in --models)
 
 Every run lives in OUT/<model>/seed<k> and resumes from its last checkpoint, so the study can be stopped
-and continued. The RPN is fine-tuned once (OUT/rpn) and its proposals computed once
+and continued; the folder keeps its settings (study-settings.json), and a study with other settings (another
+lr, say) needs another OUT. The RPN is fine-tuned once (OUT/rpn) and its proposals computed once
 (OUT/proposals.safetensors) for all seeds. As soon as a run has finished, the script evaluates its final
 weights on the validation split (2 temporal clips per video) and adds the result to the RECORD
 (benchmarks/results/accuracy_study.json, kept in the repository): top-1, per-class and per-pair accuracy,
@@ -109,6 +110,25 @@ def add_to_record(path: Path, entry: dict) -> None:
     runs.sort(key=lambda r: (MODELS.index(r["model"]), r["seed"], json.dumps(r["settings"], sort_keys=True)))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps({"runs": runs}, indent=1) + "\n")
+
+
+def claim_run_folder(run: Path, settings: dict) -> None:
+    """Mark ``run`` (OUT/<model>/seed<k>) as holding a run with ``settings``; exit with one line when it
+    already holds one with other settings (say another lr), which would otherwise resume or be evaluated
+    under the wrong settings. A folder without a mark (from an older study) is claimed as it is."""
+    from strg_deploy.fileio import atomic_write_text
+
+    mark = run / "study-settings.json"
+    if mark.exists():
+        held = json.loads(mark.read_text(encoding="utf-8"))
+        if held != settings:
+            differ = ", ".join(
+                f"{k} {held.get(k)} (not {v})" for k, v in settings.items() if held.get(k) != v
+            )
+            raise SystemExit(f"error: {run} holds a run with other settings: {differ}; give another --out")
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(mark, json.dumps(settings, sort_keys=True) + "\n")
 
 
 def spec_for(args, model: str, run: Path):
@@ -224,6 +244,7 @@ def train_all(args) -> None:
             if find_run(read_record(args.record), model, seed, settings) is not None:
                 continue
             run = args.out / model / f"seed{seed}"
+            claim_run_folder(run, settings)
             if len(read_metrics(run)) < args.epochs:
                 prepare_inputs(args, model, seed)
                 print(f"{model} seed {seed}: training", flush=True)
@@ -339,6 +360,7 @@ def report(args) -> None:
             entry = find_run(record, model, seed, settings)
             run = args.out / model / f"seed{seed}"
             if entry is None and len(read_metrics(run)) >= args.epochs:
+                claim_run_folder(run, settings)
                 entry = evaluate_run(args, model, seed, run)
                 add_to_record(args.record, entry)
             if entry is not None:

@@ -114,6 +114,14 @@ def test_a_tiny_study_trains_records_and_skips_what_is_recorded(study, tmp_path,
     study.main([*common, "--models", "i3d", "strg-rpn-i3d"])  # everything is recorded: nothing trains
     assert study.read_record(record) == runs
     assert (out / "i3d" / "seed0" / "metrics.jsonl").stat().st_mtime_ns == mtime
+    other_lr = ["1e-8" if arg == "1e-9" else arg for arg in common]
+    with pytest.raises(
+        SystemExit, match=r"study/i3d/seed0 holds a run with other settings: lr 1e-09 \(not 1e-08\)"
+    ):
+        study.main(
+            [*other_lr, "--models", "i3d"]
+        )  # the folder's run has lr 1e-9: neither resumed nor recorded
+    assert study.read_record(record) == runs
 
     diagnosis = importlib.util.spec_from_file_location("study_diagnosis", BENCHMARKS / "study_diagnosis.py")
     module = importlib.util.module_from_spec(diagnosis)
