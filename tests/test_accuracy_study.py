@@ -3,27 +3,15 @@ machines (benchmarks/accuracy_study.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def study():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location("accuracy_study", BENCHMARKS / "accuracy_study.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def study(load_benchmark):
+    return load_benchmark("accuracy_study")
 
 
 def test_summary_scores_classes_pairs_and_direction(study):
@@ -78,7 +66,7 @@ def test_the_committed_record_reads_back(study):
         assert len(run["pairs"]) == 7
 
 
-def test_a_tiny_study_trains_records_and_skips_what_is_recorded(study, tmp_path, capsys):
+def test_a_tiny_study_trains_records_and_skips_what_is_recorded(study, load_benchmark, tmp_path, capsys):
     """i3d, then STRG on the fine-tuned RPN's proposals with its backbone from that i3d run; then the
     diagnosis script on the STRG run. The tiny learning rate keeps the stage-2 weights at the init."""
     import torch
@@ -123,9 +111,7 @@ def test_a_tiny_study_trains_records_and_skips_what_is_recorded(study, tmp_path,
         )  # the folder's run has lr 1e-9: neither resumed nor recorded
     assert study.read_record(record) == runs
 
-    diagnosis = importlib.util.spec_from_file_location("study_diagnosis", BENCHMARKS / "study_diagnosis.py")
-    module = importlib.util.module_from_spec(diagnosis)
-    diagnosis.loader.exec_module(module)
+    module = load_benchmark("study_diagnosis")
     capsys.readouterr()
     module.main(
         [
