@@ -16,6 +16,8 @@ Two diagnostics, not in the default list:
     strg-rpn-i3d  the two-stage recipe: STRG on the RPN's proposals, its backbone initialised from the i3d
                   run of the same seed (`strg train --init`), then the same schedule again; it needs that
                   i3d run (list i3d before it in --models)
+    i3d-i3d       its control: I3D initialised from the same i3d run, the same schedule again (as many
+                  epochs in all as strg-rpn-i3d, without the graph)
 
 Every run lives in OUT/<model>/seed<k> and resumes from its last checkpoint, so the study can be stopped
 and continued; the folder keeps its settings (study-settings.json), and a study with other settings (another
@@ -46,11 +48,11 @@ from pathlib import Path
 import numpy as np
 from _timing import cpu_model
 
-MODELS = ("frame", "i3d", "strg-rpn", "strg-gt", "strg-rpn2", "strg-rpn-i3d")
+MODELS = ("frame", "i3d", "strg-rpn", "strg-gt", "strg-rpn2", "strg-rpn-i3d", "i3d-i3d")
 STUDY_MODELS = MODELS[:4]
 # the models on the RPN's proposals, and how many they keep per frame (None: the preset's N)
 TOP_PROPOSALS = {"strg-rpn": None, "strg-rpn2": 2, "strg-rpn-i3d": None}
-INIT_FROM = {"strg-rpn-i3d": "i3d"}  # stage-2 models: their backbone starts from this model's run of the seed
+INIT_FROM = {"strg-rpn-i3d": "i3d", "i3d-i3d": "i3d"}  # stage 2: the backbone starts from this model's run
 RECORD = Path(__file__).resolve().parent / "results" / "accuracy_study.json"
 
 
@@ -134,7 +136,7 @@ def claim_run_folder(run: Path, settings: dict) -> None:
 def spec_for(args, model: str, run: Path):
     from strg_deploy.train.run import RunSpec
 
-    architecture = "strg" if model.startswith("strg") else model
+    architecture = "strg" if model.startswith("strg") else model.split("-")[0]
     boxes = args.data / "boxes.jsonl" if model == "strg-gt" else None
     proposals = proposals_file(args, model) if model in TOP_PROPOSALS else None
     resume = (run / "last" / "model.safetensors").exists()

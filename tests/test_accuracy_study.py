@@ -67,8 +67,9 @@ def test_the_committed_record_reads_back(study):
 
 
 def test_a_tiny_study_trains_records_and_skips_what_is_recorded(study, load_benchmark, tmp_path, capsys):
-    """i3d, then STRG on the fine-tuned RPN's proposals with its backbone from that i3d run; then the
-    diagnosis script on the STRG run. The tiny learning rate keeps the stage-2 weights at the init."""
+    """i3d, then STRG on the fine-tuned RPN's proposals and I3D again, both with the backbone of that i3d
+    run; then the diagnosis script on the STRG run. The tiny learning rate keeps the stage-2 weights at
+    the init."""
     import torch
     from safetensors.torch import load_file
 
@@ -80,9 +81,10 @@ def test_a_tiny_study_trains_records_and_skips_what_is_recorded(study, load_benc
     common += ["--epochs", "1", "--lr", "1e-9", "--rpn-epochs", "1", "--seeds", "0", "--workers", "0"]
     with pytest.raises(SystemExit, match="starts from the i3d run of seed 0, which has not finished"):
         study.main([*common, "--models", "strg-rpn-i3d"])
-    study.main([*common, "--models", "i3d", "strg-rpn-i3d"])
+    models = ["--models", "i3d", "strg-rpn-i3d", "i3d-i3d"]
+    study.main([*common, *models])
     runs = study.read_record(record)
-    assert [(r["model"], r["seed"]) for r in runs] == [("i3d", 0), ("strg-rpn-i3d", 0)]
+    assert [(r["model"], r["seed"]) for r in runs] == [("i3d", 0), ("strg-rpn-i3d", 0), ("i3d-i3d", 0)]
     for run in runs:
         assert (
             0.0 <= run["top1"] <= 1.0 and len(run["per_class"]) == len(CLASS_NAMES) and len(run["curve"]) == 1
@@ -92,14 +94,16 @@ def test_a_tiny_study_trains_records_and_skips_what_is_recorded(study, load_benc
     assert (out / "proposals.safetensors").is_file() and (out / "rpn" / "detector.safetensors").is_file()
 
     first = load_file(out / "i3d" / "seed0" / "last" / "model.safetensors")
-    second = load_file(out / "strg-rpn-i3d" / "seed0" / "last" / "model.safetensors")
     convs = [k for k in first if k.startswith("backbone.resnet.") and k.endswith("conv1.weight")]
     assert len(convs) > 3
-    for name in convs:
-        torch.testing.assert_close(second[name], first[name], rtol=0, atol=1e-6)
+    for model in ("strg-rpn-i3d", "i3d-i3d"):
+        second = load_file(out / model / "seed0" / "last" / "model.safetensors")
+        for name in convs:
+            torch.testing.assert_close(second[name], first[name], rtol=0, atol=1e-6)
+    assert second.keys() == first.keys()  # i3d-i3d is an I3D
 
     mtime = (out / "i3d" / "seed0" / "metrics.jsonl").stat().st_mtime_ns
-    study.main([*common, "--models", "i3d", "strg-rpn-i3d"])  # everything is recorded: nothing trains
+    study.main([*common, *models])  # everything is recorded: nothing trains
     assert study.read_record(record) == runs
     assert (out / "i3d" / "seed0" / "metrics.jsonl").stat().st_mtime_ns == mtime
     other_lr = ["1e-8" if arg == "1e-9" else arg for arg in common]
