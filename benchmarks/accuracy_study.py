@@ -9,7 +9,8 @@ schedule for every model, and several seeds each:
     strg-rpn  STRG on the proposals of an RPN fine-tuned on the benchmark's boxes (`strg train --task
               proposals`, then `strg proposals`): the fair comparison with I3D
     strg-gt   STRG on the ground-truth boxes: the upper bound
-Two diagnostics, not in the default list:
+
+Diagnostics, not in the default list:
 
     strg-rpn2     STRG on the same RPN's 2 best proposals per frame (the others masked): as many nodes per
                   frame as the synthetic videos have objects
@@ -207,8 +208,7 @@ def keep_best_proposals(source: Path, out: Path, keep: int) -> None:
     entries = {}
     for video_id in boxes.videos:
         stored = boxes.stored(video_id)  # frame_index, fps and size as stored
-        # the proposals cut to `keep`:
-        best = boxes(video_id, stored["frame_index"])
+        best = boxes(video_id, stored["frame_index"])  # the proposals cut to `keep`
         entries[video_id] = {
             "frame_index": stored["frame_index"],
             "fps": stored["fps"],

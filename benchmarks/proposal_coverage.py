@@ -28,13 +28,12 @@ ACTORS = ("A", "B")
 
 
 def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes a [A, 4] and b [B, 4] (x1, y1, x2, y2) -> [A, B]."""
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    """IoU of boxes a [A, 4] and b [B, 4] (x1, y1, x2, y2) -> [A, B], through the graphs' box_iou_pairs."""
+    import torch
+
+    from strg_deploy.models.graphs import box_iou_pairs
+
+    return box_iou_pairs(torch.as_tensor(a), torch.as_tensor(b)).numpy()
 
 
 class Coverage:

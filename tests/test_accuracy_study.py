@@ -110,9 +110,7 @@ def test_a_tiny_study_trains_records_and_skips_what_is_recorded(study, load_benc
     with pytest.raises(
         SystemExit, match=r"study/i3d/seed0 holds a run with other settings: lr 1e-09 \(not 1e-08\)"
     ):
-        study.main(
-            [*other_lr, "--models", "i3d"]
-        )  # the folder's run has lr 1e-9: neither resumed nor recorded
+        study.main([*other_lr, "--models", "i3d"])  # the folder's run has lr 1e-9: not resumed, not recorded
     assert study.read_record(record) == runs
 
     module = load_benchmark("study_diagnosis")
