@@ -11,7 +11,10 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable, Iterator
+import re
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -26,8 +29,82 @@ from strg_deploy.errors import StrgError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+try:  # typer vendors click from 0.2x on; its usage errors derive from TyperException
+    from typer import TyperException as UsageProblem
+except ImportError:  # pragma: no cover - older typer with click itself
+    from click import ClickException as UsageProblem
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """The top-level group: a usage error (a bad flag value, a missing option, an unknown command) is one
+    line on stderr, ``error: <what> (see strg <command> --help)``, with exit status 2, like every error
+    the library raises; Ctrl-C is ``error: interrupted`` with status 130. SIGTERM raises SystemExit(143)
+    in the main thread, so that temporary files and worker processes are cleaned up on the way out."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        previous = _on_sigterm(_terminated)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except UsageProblem as err:
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            text = err.format_message() if hasattr(err, "format_message") else str(err)
+            if type(err).__name__ == "NoArgsIsHelpError":  # a group called bare: its help (rich printed it)
+                if text.strip():
+                    typer.echo(text.rstrip(), err=True)
+            else:
+                typer.echo(f"error: {' '.join(text.split())}{hint}", err=True)
+            sys.exit(getattr(err, "exit_code", 2))
+        except (typer.Abort, KeyboardInterrupt):
+            typer.echo("error: interrupted", err=True)
+            sys.exit(130)
+        finally:
+            _on_sigterm(previous)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+class PlainUsage(typer.core.TyperCommand):
+    """A command whose usage line names its arguments as ``CHECKPOINT`` (required) and ``[CHECKPOINT]``
+    (optional), where typer writes ``{checkpoint}``."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if getattr(param, "param_type_name", "") != "argument":
+                continue
+            name = (param.metavar or param.name.upper()).strip("[]").removesuffix("...")
+            name = name if param.required else f"[{name}]"
+            pieces.append(name + ("..." if param.nargs != 1 else ""))
+        return pieces
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """Install a SIGTERM handler (None: leave it), returning the previous one; outside the main thread,
+    where Python allows no handler, nothing changes and None comes back."""
+    if handler is None:
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 app = typer.Typer(
     name="strg",
+    cls=OneLineErrors,
     help="Train, export and serve STRG (Videos as Space-Time Region Graphs) action recognition.",
     no_args_is_help=True,
     add_completion=False,
@@ -58,7 +135,8 @@ def one_line(err: StrgError) -> str:
 
 
 def reports_errors(command: F) -> F:
-    """Turn a StrgError raised by ``command`` into one line on stderr and exit status 2."""
+    """Turn a StrgError raised by ``command`` into one line on stderr and exit status 2; the command's
+    help is its docstring with each paragraph joined into one line (the terminal wraps it)."""
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -68,7 +146,19 @@ def reports_errors(command: F) -> F:
             typer.echo(f"error: {one_line(err)}", err=True)
             raise typer.Exit(2) from None
 
+    run.__doc__ = _paragraphs(command.__doc__ or "")
     return run  # type: ignore[return-value]
+
+
+def _paragraphs(doc: str) -> str:
+    """A docstring with the lines of each paragraph joined by spaces; paragraphs stay apart."""
+    blocks = re.split(r"\n\s*\n", doc.strip())
+    return "\n\n".join(" ".join(line.strip() for line in block.splitlines()) for block in blocks)
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr (``warning: ...``)."""
+    typer.echo(f"warning: {message}", err=True)
 
 
 def _version(value: bool) -> None:
@@ -129,7 +219,7 @@ def _resolve_config(preset_name: str, config_path: Path | None) -> ModelConfig:
     return ModelConfig.load(config_path) if config_path is not None else preset(preset_name)
 
 
-@model_app.command("presets")
+@model_app.command("presets", cls=PlainUsage)
 @reports_errors
 def model_presets(as_json: JsonOption = False) -> None:
     """List the named presets and what they fix (no torch needed)."""
@@ -159,7 +249,7 @@ def model_presets(as_json: JsonOption = False) -> None:
     console.print(table)
 
 
-@model_app.command("summary")
+@model_app.command("summary", cls=PlainUsage)
 @reports_errors
 def model_summary(
     preset_name: PresetOption = "paper-r50",
@@ -193,10 +283,12 @@ def model_summary(
     )
 
 
-@data_app.command("info")
+@data_app.command("info", cls=PlainUsage)
 @reports_errors
 def data_info(
-    videos: Annotated[list[str], typer.Argument(help="Video files, URLs or frame-folder patterns.")],
+    videos: Annotated[
+        list[str], typer.Argument(help="Video files, URLs or frame-folder patterns.", metavar="VIDEO")
+    ],
     stream: Annotated[
         int | None, typer.Option("--stream", help="Video stream index (default: the first).")
     ] = None,
@@ -240,11 +332,12 @@ def data_info(
         raise typer.Exit(1)
 
 
-@data_app.command("synth")
+@data_app.command("synth", cls=PlainUsage)
 @reports_errors
 def data_synth(
     out: Annotated[
-        Path, typer.Argument(help="Folder to write videos/, the annotation JSON and boxes.jsonl.")
+        Path,
+        typer.Argument(help="Folder to write videos/, the annotation JSON and boxes.jsonl.", metavar="OUT"),
     ],
     train: Annotated[int, typer.Option("--train", min=0, help="Training videos.")] = 2000,
     validation: Annotated[int, typer.Option("--validation", min=0, help="Validation videos.")] = 500,
@@ -281,7 +374,7 @@ def data_synth(
     )
 
 
-@app.command("train")
+@app.command("train", cls=PlainUsage)
 @reports_errors
 def train(
     data: Annotated[Path, typer.Option("--data", help="Dataset root (annotations and videos).")],
@@ -300,7 +393,13 @@ def train(
     init: Annotated[
         Path | None, typer.Option("--init", help="Backbone from an I3D/STRG checkpoint folder.")
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT from OUT/last.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="OUT holds a run: move it aside to OUT.old-<date>-<time> and start again."
+        ),
+    ] = False,
     options_file: Annotated[
         Path | None, typer.Option("--options", help="JSON file of training options.")
     ] = None,
@@ -314,7 +413,12 @@ def train(
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0, help="Seed (default 0).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = None,
-    freeze_bn: Annotated[bool | None, typer.Option("--freeze-bn/--train-bn")] = None,
+    freeze_bn: Annotated[
+        bool | None,
+        typer.Option(
+            "--freeze-bn/--train-bn", help="Freeze batch norm (fine-tuning pretrained weights) or train it."
+        ),
+    ] = None,
     task: Annotated[
         str,
         typer.Option(
@@ -364,6 +468,7 @@ def train(
         resume,
         proposals=proposals,
         detector=detector,
+        overwrite=overwrite,
     )
     progress = Progress(
         TextColumn("training"),
@@ -385,7 +490,7 @@ def train(
 
     if task == "proposals":
         try:
-            result = proposer_run(spec, options, on_step)
+            result = proposer_run(spec, options, on_step, on_notice=warn)
         finally:
             if progress.live.is_started:
                 progress.stop()
@@ -410,17 +515,29 @@ def train(
         return
 
     try:
-        position = train_run(spec, options, on_step, on_epoch)
+        position = train_run(spec, options, on_step, on_epoch, on_notice=warn)
     finally:
         if progress.live.is_started:
             progress.stop()
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
     metrics_path = out / "metrics.jsonl"
-    if metrics_path.exists():
-        lines = metrics_path.read_text(encoding="utf-8").splitlines()
-        console.print(epoch_table([json.loads(line) for line in lines], "all epochs"))
-    console.print(f"best {position.best_metric} after {position.global_step} steps; checkpoints in {out}")
+    if not metrics_path.exists():  # stopped by max_steps inside the first epoch
+        console.print(f"stopped at step {position.global_step}; checkpoint in {out / 'last'}")
+        return
+    rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines()]
+    console.print(epoch_table(rows, "all epochs"))
+    console.print(f"{best_line(rows)}; checkpoints in {out / 'best'} and {out / 'last'}", soft_wrap=True)
+
+
+def best_line(rows: list[dict]) -> str:
+    """Where the run's best validation came from: ``best top1 41.7 % at epoch 3 (step 15)``."""
+    scored = [row for row in rows if row.get("headline") is not None]
+    if not scored:
+        return f"trained {rows[-1]['epoch']} epochs ({rows[-1]['global_step']} steps), no validation"
+    best = max(scored, key=lambda row: row["headline"])  # the first epoch of the best value, as fit keeps
+    name = best.get("headline_name", "metric")
+    return f"best {name} {100 * best['headline']:.1f} % at epoch {best['epoch']} (step {best['global_step']})"
 
 
 def epoch_table(rows: list[dict], title: str):
@@ -442,7 +559,7 @@ def epoch_table(rows: list[dict], title: str):
     return table
 
 
-@app.command("proposals")
+@app.command("proposals", cls=PlainUsage)
 @reports_errors
 def proposals_command(
     data: Annotated[Path, typer.Option("--data", help="Dataset root (annotations and videos).")],
@@ -460,6 +577,7 @@ def proposals_command(
     ] = "train,validation",
     batch_frames: Annotated[int, typer.Option("--batch-frames", min=1, help="Frames per RPN batch.")] = 64,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Run the RPN once on every frame of a dataset and keep its N proposals per frame in one file, for
     `strg train --proposals FILE` (so they are not recomputed every epoch)."""
@@ -468,19 +586,27 @@ def proposals_command(
     require("torch", "strg proposals")
     from strg_deploy.train.run import RunSpec, proposals_run
 
-    spec = RunSpec(data, data_format, preset_name, "strg", out, detector=detector)
+    spec = RunSpec(data, data_format, preset_name, "strg", out, detector=detector, overwrite=overwrite)
     wanted = tuple(part.strip() for part in splits.split(",") if part.strip())
     with counting_progress("proposing boxes") as advance:
         summary = proposals_run(
-            spec, out, splits=wanted, device=device, batch_frames=batch_frames, on_video=advance
+            spec,
+            out,
+            splits=wanted,
+            device=device,
+            batch_frames=batch_frames,
+            on_video=advance,
+            on_notice=warn,
         )
     console.print(f"wrote proposals of {summary['videos']} videos to {out} ({summary['bytes'] / 1e6:.1f} MB)")
 
 
-@app.command("eval")
+@app.command("eval", cls=PlainUsage)
 @reports_errors
 def evaluate_checkpoint(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint folder, e.g. RUN_DIR/best.")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A checkpoint folder, e.g. RUN_DIR/best.", metavar="CHECKPOINT")
+    ],
     data: Annotated[Path, typer.Option("--data", help="Dataset root (annotations and videos).")],
     data_format: Annotated[str, typer.Option("--format", help="ssv2, ssv1, charades or folders.")] = "ssv2",
     split: Annotated[str, typer.Option("--split", help="validation or test.")] = "validation",
@@ -491,9 +617,9 @@ def evaluate_checkpoint(
     cache: Annotated[Path | None, typer.Option("--cache", help="Decoded-clip cache folder.")] = None,
     clips: Annotated[int, typer.Option("--clips", min=1, help="Temporal clips per video.")] = 2,
     crops: Annotated[int, typer.Option("--crops", help="Spatial crops per clip: 1 or 3.")] = 1,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
-    workers: Annotated[int, typer.Option("--workers", min=0)] = 2,
-    device: Annotated[str, typer.Option("--device")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per forward pass.")] = 8,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Loader processes (0: none).")] = 2,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate a checkpoint per video: top-1/top-5 and per-class accuracy, or mAP (Charades).
@@ -517,6 +643,7 @@ def evaluate_checkpoint(
         batch_size=batch_size,
         workers=workers,
         device=device,
+        on_notice=warn,
     )
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
@@ -538,12 +665,15 @@ def evaluate_checkpoint(
         )
 
 
-@app.command("export")
+@app.command("export", cls=PlainUsage)
 @reports_errors
 def export_command(
     checkpoint: Annotated[
         Path | None,
-        typer.Argument(help="An STRG checkpoint folder (RUN_DIR/best); none: --preset, random weights."),
+        typer.Argument(
+            help="An STRG checkpoint folder (RUN_DIR/best); none: --preset, random weights.",
+            metavar="CHECKPOINT",
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for rpn/backbone/head.onnx + manifest.json.")
@@ -552,7 +682,7 @@ def export_command(
         str | None,
         typer.Option("--preset", "-p", help="Without a checkpoint: export this preset with random weights."),
     ] = None,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (>= 18).")] = 18,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset, 18 to 21.")] = 18,
     max_batch: Annotated[
         int,
         typer.Option(
@@ -584,7 +714,7 @@ def export_command(
     from strg_deploy.extras import require
 
     require("torch", "strg export")
-    from strg_deploy.export.onnx import ExportOptions, export_model
+    from strg_deploy.export.onnx import ExportOptions, check_out, export_model
     from strg_deploy.models.serialization import load_pretrained
     from strg_deploy.models.strg import build_model
 
@@ -592,8 +722,10 @@ def export_command(
         raise StrgError("strg export needs --out DIR (or --lint DIR)")
     if (checkpoint is None) == (preset_name is None):
         raise StrgError("give a checkpoint folder or --preset NAME (random weights), not both")
-    model = load_pretrained(checkpoint) if checkpoint is not None else build_model(preset(preset_name)).eval()
     options = ExportOptions(opset=opset, max_batch=max_batch, external_data=external_data, plain=plain)
+    options.validate()
+    check_out(out)  # before any work: a file or a folder that cannot be written fails here
+    model = load_pretrained(checkpoint) if checkpoint is not None else build_model(preset(preset_name)).eval()
     with console.status("exporting") as status:
         manifest = export_model(model, out, options, on_network=lambda n: status.update(f"exporting {n}"))
     table = new_table(f"exported to {out}")
@@ -623,31 +755,38 @@ def export_command(
         else:
             console.print(parity_table(rows))
         if failed:
-            worst = max(failed, key=lambda r: r.max_abs)
+            worst = max(failed, key=lambda r: r.max_abs / r.tolerance)
             raise StrgError(
                 f"{len(failed)} of {len(rows)} parity checks failed, e.g. {worst.runtime} {worst.network} on "
-                f"{worst.inputs}: max |diff| {worst.max_abs:.2e}"
+                f"{worst.inputs}: {worst.output} max |diff| {worst.max_abs:.2e}, "
+                f"tolerance {worst.tolerance:.1e}"
             )
     elif as_json:
         typer.echo(json.dumps(manifest, indent=2))
 
 
 def parity_table(rows: list) -> Table:
-    """The rows of `strg export --check` as a table."""
+    """The rows of `strg export --check` as a table: the float output nearest its bound, its largest
+    difference and bound, and (where any row has them) the proposals matched across tied scores."""
     table = new_table("parity with torch (fp32)")
-    for column in ("runtime", "network", "inputs", "max |diff|", "masks", "top-1", "result"):
+    tied = any(row.reordered for row in rows)
+    columns = ("runtime", "network", "inputs", "output", "|diff|", "tolerance", "masks")
+    for column in (*columns, *(("tied",) if tied else ()), "top-1", "result"):
         table.add_column(column)
     for row in rows:
         top1 = "-" if row.top1_equal is None else ("same" if row.top1_equal else "DIFFERS")
-        table.add_row(
+        cells = [
             row.runtime,
             row.network,
             row.inputs,
+            row.output,
             f"{row.max_abs:.1e}",
+            f"{row.tolerance:.1e}",
             "equal" if row.masks_equal else "DIFFER",
-            top1,
-            "ok" if row.passed else "FAIL",
-        )
+        ]
+        if tied:
+            cells.append(str(row.reordered))
+        table.add_row(*cells, top1, "ok" if row.passed else "FAIL")
     return table
 
 

@@ -47,3 +47,35 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def writable_folder(path: Path) -> Path:
+    """Prove, before any work is done that would be written there, that the folder ``path`` takes files
+    (or can be created: its nearest existing parent takes files); creates nothing. StrgError naming the
+    path when it, or a parent, is a file, or when a probe file cannot be written."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "it exists" if existing == path else f"{existing} exists"
+        raise StrgError(f"cannot write to {path}: {where} and is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise StrgError(f"cannot write to {path}: {err.strerror or err}") from None
+    return path
+
+
+def writable_file(path: Path, *, overwrite: bool = False) -> Path:
+    """Check before any work that the file ``path`` can be written: its folder takes files, ``path`` is
+    not a folder, and an existing file is replaced only with ``overwrite``; StrgError otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise StrgError(f"cannot write {path}: it is a folder (give a file name)")
+    if path.exists() and not overwrite:
+        raise StrgError(f"{path} exists; pass --overwrite to replace it")
+    writable_folder(path.parent)
+    return path

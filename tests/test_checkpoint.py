@@ -144,21 +144,32 @@ def test_second_save_replaces_first(tmp_path, tiny_i3d):
     assert loaded.position.global_step == 2
 
 
-def test_kill_between_renames_recovers_from_old(tmp_path, tiny_i3d, monkeypatch):
+def test_interrupt_between_renames_puts_the_old_checkpoint_back(tmp_path, tiny_i3d, monkeypatch):
     model, opt, sched, _ = make_training(tiny_i3d)
     save_checkpoint(tmp_path, "last", model, opt, sched, None, TrainPosition(global_step=1))
     real_rename = os.rename
 
     def rename(src, dst):
         if str(src).endswith(".tmp-" + str(os.getpid())):
-            raise KeyboardInterrupt  # the kill arrives after last was moved aside
+            raise KeyboardInterrupt  # Ctrl-C (or SIGTERM, which the CLI turns into SystemExit)
         real_rename(src, dst)
 
     monkeypatch.setattr(ckpt.os, "rename", rename)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path, "last", model, opt, sched, None, TrainPosition(global_step=2))
     monkeypatch.undo()
-    # the process died between the two renames: only .last.old holds the checkpoint
+    assert leftovers(tmp_path) == []
+    loaded = load_checkpoint(tmp_path / "last", build_model(tiny_i3d), restore_rng=False)
+    assert loaded.position.global_step == 1
+
+
+def test_kill_between_renames_recovers_from_old(tmp_path, tiny_i3d):
+    model, opt, sched, _ = make_training(tiny_i3d)
+    save_checkpoint(tmp_path, "last", model, opt, sched, None, TrainPosition(global_step=1))
+    # what kill -9 leaves between the two renames: last moved aside, the new folder complete beside it
+    save_checkpoint(tmp_path, "best", model, opt, sched, None, TrainPosition(global_step=2))
+    os.rename(tmp_path / "last", tmp_path / ".last.old")
+    os.rename(tmp_path / "best", tmp_path / f".last.tmp-{2**22 + 1}")  # a pid no process has
     assert not (tmp_path / "last").exists()
     assert (tmp_path / ".last.old").is_dir()
     assert has_checkpoint(tmp_path, "last")
@@ -184,7 +195,7 @@ def test_interrupted_weights_write_keeps_previous(tmp_path, tiny_i3d, monkeypatc
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(safetensors.torch, "save_file", killed)
+    monkeypatch.setattr(safetensors.torch, "save", killed)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path, "last", model, opt, sched, None, TrainPosition(global_step=2))
     monkeypatch.undo()
@@ -210,7 +221,7 @@ def test_disk_full_during_save(tmp_path, tiny_i3d, monkeypatch, stage):
         raise full
 
     if stage == "weights":
-        monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+        monkeypatch.setattr(safetensors.torch, "save", disk_full)
     elif stage == "state":
         monkeypatch.setattr(ckpt.os, "fsync", disk_full)  # the state.pt write
     else:
@@ -348,3 +359,53 @@ def test_backbone_init_mismatch_names_keys(tmp_path, tiny_i3d):
 
         safetensors.torch.save_file({"head.w": torch.zeros(1)}, str(empty))
         load_backbone_init(strg, empty)
+
+
+FULL_DISK_SCRIPT = """
+import resource, signal, sys
+from pathlib import Path
+import torch
+from strg_deploy.config import preset
+from strg_deploy.errors import StrgError
+from strg_deploy.models.strg import build_model
+from strg_deploy.train.checkpoint import TrainPosition, save_checkpoint
+
+run = Path(sys.argv[1])
+model = build_model(preset("tiny").replace(architecture="i3d"))
+opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+clip = torch.randint(0, 256, (1, 3, 8, 64, 64), dtype=torch.uint8)
+model.loss(model(clip), torch.tensor([0])).backward()
+opt.step()  # momentum buffers: state.pt becomes as large as the weights
+save_checkpoint(run, "last", model, opt, None, None, TrainPosition(global_step=1))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+try:
+    save_checkpoint(run, sys.argv[3], model, opt, None, None, TrainPosition(global_step=2))
+except StrgError as err:
+    print("StrgError:", err)
+"""
+
+
+@pytest.mark.parametrize(("name", "limit"), [("last", 4096), ("best", 4096), ("last", 1_100_000)])
+def test_a_real_failed_write_during_save_is_one_error_and_leaves_nothing(tmp_path, name, limit):
+    """A write that the kernel refuses (the file-size limit stands in for a full disk: the same failed
+    write(2)) inside safetensors or torch.save: one StrgError, no temporary folder, the old checkpoint."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_SCRIPT, str(run), str(limit), name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith(f"StrgError: cannot save checkpoint {run / name}: "), line
+    assert "\n" not in line and ("too large" in line.lower() or "too big" in line.lower()), line
+    assert leftovers(run) == []
+    weights, state = ((run / "last" / file).stat().st_size for file in ("model.safetensors", "state.pt"))
+    assert (weights > limit) if limit == 4096 else (weights < limit < state)  # safetensors / torch.save fails
+    loaded = load_checkpoint(run / "last", build_model(preset("tiny").replace(architecture="i3d")))
+    assert loaded.position.global_step == 1

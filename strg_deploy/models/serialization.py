@@ -8,6 +8,7 @@ half-written checkpoint in place of a good one.
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import torch
@@ -25,15 +26,37 @@ CONFIG_FILE = "config.json"
 
 def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     """Write ``model`` (an STRG or I3D with a ``cfg`` attribute) to ``directory``; returns the folder."""
-    safetensors_torch = require("safetensors.torch", "saving weights")
     cfg: ModelConfig = model.cfg
     directory = Path(directory)
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     metadata = {"strg_config": json.dumps(cfg.to_dict(), sort_keys=True), "format": "pt"}
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        safetensors_torch.save_file(tensors, str(tmp), metadata=metadata)
+    save_tensors(tensors, directory / WEIGHTS_FILE, metadata)
     cfg.save(directory / CONFIG_FILE)
     return directory
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> Path:
+    """Write a safetensors file atomically (temporary file, then rename), byte for byte the same for the
+    same tensors and metadata. A failed write (a full disk) is one StrgError naming ``path``, and leaves
+    neither a temporary file nor a changed ``path``.
+
+    safetensors writes its metadata in a hash map's order, which changes from process to process; the
+    header is therefore written again with the metadata keys sorted (the header is JSON padded with
+    spaces to 8 bytes, and tensor offsets count from its end, so the data is copied unchanged).
+    """
+    safetensors_torch = require("safetensors.torch", "saving weights")
+    path = Path(path)
+    data = memoryview(safetensors_torch.save(tensors, metadata=metadata))
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(bytes(data[8 : 8 + length]))
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        file.write(struct.pack("<Q", len(text)))
+        file.write(text)
+        file.write(data[8 + length :])
+    return path
 
 
 def load_pretrained(directory: str | Path, cfg: ModelConfig | None = None) -> nn.Module:

@@ -191,8 +191,7 @@ def save_checkpoint(
     moved_aside = False
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in run_dir.glob(f".{name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_stale_saves(run_dir, name)
         tmp.mkdir()
         save_pretrained(model, tmp)
         with open(tmp / STATE_FILE, "wb") as f:
@@ -208,17 +207,41 @@ def save_checkpoint(
         os.rename(tmp, final)
         moved_aside = False
         _fsync_dir(run_dir)
-    except (OSError, StrgError) as err:
+    except BaseException as err:  # a full disk (safetensors raises its own error type), or a kill
         shutil.rmtree(tmp, ignore_errors=True)
         if moved_aside and not final.exists():
             try:
                 os.rename(old, final)
             except OSError:
                 pass  # .<name>.old stays, and loading recovers from it
+        if not isinstance(err, Exception):
+            raise  # KeyboardInterrupt, SystemExit: cleaned up, and on its way
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise StrgError(f"cannot save checkpoint {final}: {reason}") from None
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_stale_saves(run_dir: str | Path, name: str | None = None) -> None:
+    """Remove the temporary folders (``.<name>.tmp-<pid>``) that saves killed part-way left in
+    ``run_dir``, for one checkpoint name or all; a folder of a save still running elsewhere is kept."""
+    for checkpoint in (name,) if name else CHECKPOINT_NAMES:
+        for stale in Path(run_dir).glob(f".{checkpoint}.tmp-*"):
+            pid = stale.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
+                continue
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -328,6 +351,19 @@ def load_checkpoint(
     if restore_rng:
         set_rng_state(state.get("rng", {}))
     return LoadedCheckpoint(position, extra, folder)
+
+
+def checkpoint_extra(folder: str | Path) -> dict[str, Any]:
+    """The ``extra`` that a training checkpoint folder's state.pt holds ({} for a folder without one,
+    e.g. weights saved by ``save_pretrained``)."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        extra = json.loads(_read_state(path).get("extra", "{}"))
+    except (TypeError, json.JSONDecodeError):
+        return {}
+    return extra if isinstance(extra, dict) else {}
 
 
 def _read_state(path: Path) -> dict[str, Any]:

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from strg_deploy.errors import StrgError
-from strg_deploy.train.checkpoint import TrainPosition, load_checkpoint, save_checkpoint
+from strg_deploy.fileio import atomic_write_text
+from strg_deploy.train.checkpoint import TrainPosition, load_checkpoint, remove_stale_saves, save_checkpoint
 from strg_deploy.train.data import ClipDataset
 from strg_deploy.train.metrics import VideoScores, evaluate
 from strg_deploy.train.optim import make_optimizer, scaled_lr, warmup_cosine
@@ -46,6 +47,57 @@ class TrainOptions:
     max_steps: int | None = None  # stop (after saving last/) once this many steps ran in total
     amp: bool = True  # float16 autocast with gradient scaling on CUDA (never on the CPU: bf16 was 17x slower)
     max_unreadable: float = 0.1  # stop when more than this fraction of an epoch's videos cannot be read
+
+    def __post_init__(self) -> None:
+        """Check every option's type and range with the rules of the command-line flags; one StrgError
+        names the first option that breaks them."""
+        for name, (kind, low, high) in _OPTION_RULES.items():
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL:
+                continue
+            _check_option(name, value, kind, low, high)
+        choose_device(self.device, check_available=False)  # the device's name; availability at fit time
+
+
+# option -> (type, lowest, highest allowed value); None: no bound. The flags of `strg train` use the same.
+_OPTION_RULES: dict[str, tuple[type, float | None, float | None]] = {
+    "epochs": (int, 1, None),
+    "batch_size": (int, 1, None),
+    "lr": (float, 0.0, None),
+    "weight_decay": (float, 0.0, None),
+    "warmup_epochs": (float, 0.0, None),
+    "max_grad_norm": (float, 0.0, None),
+    "workers": (int, 0, None),
+    "seed": (int, 0, 2**32 - 1),
+    "freeze_bn": (bool, None, None),
+    "device": (str, None, None),
+    "save_every": (int, 0, None),
+    "max_steps": (int, 1, None),
+    "amp": (bool, None, None),
+    "max_unreadable": (float, 0.0, 1.0),
+}
+_OPTIONAL = frozenset({"max_steps"})
+
+
+def _check_option(name: str, value: object, kind: type, low: float | None, high: float | None) -> None:
+    """StrgError unless ``value`` is a ``kind`` (an int counts as a float, a bool as neither) within
+    [low, high]; the learning rate must be above 0, not just at it."""
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    else:
+        ok = isinstance(value, kind)
+    described = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+    if not ok:
+        raise StrgError(f"training option {name} must be {described}, got {value!r}")
+    if low is not None and (value < low or (name == "lr" and value <= low)):
+        bound = f"> {low}" if name == "lr" else f">= {low}"
+        raise StrgError(f"training option {name} must be {bound}, got {value!r}")
+    if high is not None and value > high:
+        raise StrgError(f"training option {name} must be <= {high}, got {value!r}")
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
@@ -100,14 +152,24 @@ def distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def choose_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; otherwise the named device."""
+def choose_device(name: str, check_available: bool = True) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; otherwise the named device (``cpu``, ``cuda``,
+    ``cuda:K``). With ``check_available`` a CUDA device that this machine lacks is a StrgError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise StrgError(f"unknown device {name!r}: {err}") from None
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise StrgError(f"unknown device {name!r}: {err}; use auto, cpu, cuda or cuda:K") from None
+    if device.type not in ("cpu", "cuda"):
+        raise StrgError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:K")
+    if check_available and device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise StrgError(f"device {name!r}: no CUDA GPU is available here; use --device cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise StrgError(f"device {name!r}: this machine has {count} CUDA GPU(s): cuda:0..{count - 1}")
+    return device
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -186,6 +248,15 @@ def sum_over_ranks(values: list[float], world: int) -> list[float]:
     return total.tolist()
 
 
+def _metrics_lines(run_dir: Path) -> list[str]:
+    """The lines of ``run_dir/metrics.jsonl`` (none when it does not exist)."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    except (OSError, UnicodeDecodeError) as err:
+        raise StrgError(f"cannot read {path}: {err}") from None
+
+
 def fit(
     model: nn.Module,
     train_set: ClipDataset,
@@ -196,8 +267,12 @@ def fit(
     resume: bool = False,
     on_step: Callable[[int, int, float], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    extra: dict | None = None,
 ) -> TrainPosition:
     """Train ``model`` (its ``loss`` gives the objective) and write checkpoints under ``run_dir``.
+
+    ``extra`` (JSON-able) is kept in every checkpoint's training state beside the options; a resumed
+    run keeps what its checkpoint held and adds ``extra`` to it.
 
     on_step(global_step, total_steps, loss) is called after every step (progress bars), on_epoch(metrics)
     after every epoch with the line written to metrics.jsonl (rank 0 only for both). Returns the final
@@ -229,9 +304,15 @@ def fit(
     use_amp = options.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp) if use_amp else None
     position = TrainPosition(epoch=0, step=0, global_step=0, best_metric=None, seed=options.seed)
+    saved_extra: dict = {}
     if resume:
-        position = load_checkpoint(run_dir / "last", model, optimizer, scheduler, scaler).position
-    extra = {"options": dataclasses.asdict(options)}
+        position, saved_extra, _ = load_checkpoint(run_dir / "last", model, optimizer, scheduler, scaler)
+    extra = {**saved_extra, **(extra or {}), "options": dataclasses.asdict(options)}
+    if rank == 0:
+        remove_stale_saves(run_dir)
+    # metrics.jsonl holds one line per finished epoch: a resumed run drops lines of epochs its checkpoint
+    # had not finished (a kill between the line and the save) and the file is rewritten whole each epoch
+    logged = _metrics_lines(run_dir)[: position.epoch] if resume else []
 
     def save(name: str) -> None:
         if rank == 0:
@@ -332,9 +413,8 @@ def fit(
                 position = dataclasses.replace(position, best_metric=headline)
         metrics["epoch_seconds"] = time.perf_counter() - epoch_start  # training and validation, wall clock
         if rank == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:
-                log.write(json.dumps(metrics) + "\n")
+            logged.append(json.dumps(metrics))
+            atomic_write_text(run_dir / "metrics.jsonl", "".join(line + "\n" for line in logged))
             board = _tensorboard(run_dir)
             if board is not None:
                 for key, value in metrics.items():

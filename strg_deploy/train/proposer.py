@@ -34,7 +34,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from strg_deploy.config import ModelConfig
 from strg_deploy.errors import StrgError, shape_error
-from strg_deploy.fileio import atomic_path, atomic_write_text
+from strg_deploy.fileio import atomic_write_text
 from strg_deploy.models.proposals import (
     NORM_EPS,
     Proposals,
@@ -42,6 +42,7 @@ from strg_deploy.models.proposals import (
     _grid_anchors,
     load_detector_weights,
 )
+from strg_deploy.models.serialization import save_tensors
 from strg_deploy.models.strg import rpn_frames
 from strg_deploy.train.checkpoint import TrainPosition, load_checkpoint, save_checkpoint
 from strg_deploy.train.data import ClipDataset
@@ -152,13 +153,8 @@ def detector_state(proposer: RegionProposer) -> dict[str, Tensor]:
 def save_detector(proposer: RegionProposer, path: str | Path) -> Path:
     """Write :func:`detector_state` to ``path`` as safetensors, atomically, with the metadata
     {"format": "strg-detector", "detector": <detector name>, "size": <frame size>}. Returns the path."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
     metadata = {"format": DETECTOR_FORMAT, "detector": proposer.detector, "size": str(proposer.size)}
-    with atomic_path(path) as tmp:
-        save_file(detector_state(proposer), str(tmp), metadata=metadata)
-    return path
+    return save_tensors(detector_state(proposer), path, metadata)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -13,14 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from strg_deploy.config import preset
+import torch
+
+from strg_deploy.config import ARCHITECTURES, preset
 from strg_deploy.data.datasets import READERS, Dataset, read_box_tracks
 from strg_deploy.errors import StrgError
+from strg_deploy.fileio import writable_file
 from strg_deploy.models.proposals import load_detector_weights
 from strg_deploy.models.strg import build_model
-from strg_deploy.train.checkpoint import TrainPosition, has_checkpoint, load_backbone_init
+from strg_deploy.train.checkpoint import TrainPosition, checkpoint_extra, load_backbone_init
 from strg_deploy.train.data import ClipDataset, LoaderConfig
-from strg_deploy.train.loop import TrainOptions, fit
+from strg_deploy.train.loop import TrainOptions, choose_device, distributed, fit
+from strg_deploy.train.run_dir import prepare_run_dir
 
 FORMATS = {
     "ssv2": "something-something-v2",
@@ -46,6 +50,10 @@ class RunSpec:
     temporal_clips: int = 2  # validation views per video
     proposals: Path | None = None  # precomputed proposals (a `strg proposals` file) for STRG's nodes
     detector: Path | None = None  # RPN weights (a detector file) for STRG's frozen proposal network
+    overwrite: bool = False  # move a run already in ``out`` aside and start again
+
+
+Notice = Callable[[str], None]  # receives one-line warnings for the user (skipped entries, random RPN)
 
 
 def read_tracks(spec: RunSpec, num_boxes: int):
@@ -62,13 +70,50 @@ def read_tracks(spec: RunSpec, num_boxes: int):
     return None
 
 
-def read_split(spec: RunSpec, split: str) -> Dataset:
-    """The dataset split through the reader ``spec.format`` names."""
+def read_split(
+    spec: RunSpec, split: str, max_skipped: float = 0.5, on_notice: Notice | None = None
+) -> Dataset:
+    """The dataset split through the reader ``spec.format`` names. Entries skipped (a missing video, an
+    unknown label, a malformed row) or repaired are reported through ``on_notice`` in one line; more than
+    ``max_skipped`` of the split skipped is a StrgError."""
+    check_data(spec)
+    data = READERS[FORMATS[spec.format]](spec.data, split, max_skipped_fraction=max_skipped)
+    if on_notice is not None and (data.skipped or data.repaired):
+        on_notice(skipped_line(data))
+    return data
+
+
+def check_data(spec: RunSpec) -> None:
+    """The data's format is known and its folder exists (checked before anything is written)."""
     if spec.format not in FORMATS:
         raise StrgError(f"unknown data format {spec.format!r}; choose one of {', '.join(FORMATS)}")
     if not spec.data.exists():
         raise StrgError(f"data folder not found: {spec.data}")
-    return READERS[FORMATS[spec.format]](spec.data, split)
+
+
+def skipped_line(data: Dataset) -> str:
+    """One line on the entries of ``data`` that were skipped or repaired, by reason, with the first one."""
+    total = len(data.records) + len(data.skipped)
+    parts = []
+    for title, items, counts in (
+        ("skipped", data.skipped, data.skip_counts()),
+        ("repaired", data.repaired, data.repair_counts()),
+    ):
+        if items:
+            reasons = ", ".join(f"{count} {reason}" for reason, count in counts.items())
+            parts.append(f"{len(items)} of {total} entries {title} ({reasons}; first: {items[0]})")
+    return f"{data.name} {data.split}: " + "; ".join(parts)
+
+
+def random_rpn_notice(spec: RunSpec, architecture: str) -> str | None:
+    """The warning for STRG whose nodes come from a randomly initialised RPN (no boxes, proposals or
+    detector weights): such an RPN proposes the same boxes on every frame."""
+    if architecture != "strg" or spec.boxes or spec.proposals or spec.detector:
+        return None
+    return (
+        "STRG's boxes come from its RPN, which has random weights here: it proposes the same boxes on every "
+        "frame; give --boxes, --proposals or --detector"
+    )
 
 
 def options_from_file(
@@ -99,8 +144,6 @@ def join_process_group(device: str) -> None:
     """Initialise torch.distributed from torchrun's environment when it started several processes."""
     import os
 
-    import torch
-
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
         return
     cuda = torch.cuda.is_available() and device in ("auto", "cuda")
@@ -109,24 +152,43 @@ def join_process_group(device: str) -> None:
     torch.distributed.init_process_group("nccl" if cuda else "gloo")
 
 
+def prepare_output(spec: RunSpec) -> None:
+    """Check ``spec.out`` before any work (see :func:`prepare_run_dir`); rank 0 moves an old run aside
+    and the other processes of a torchrun group wait for it."""
+    rank, world = distributed()
+    prepare_run_dir(spec.out, resume=spec.resume, overwrite=spec.overwrite, writer=rank == 0)
+    if world > 1:
+        torch.distributed.barrier()
+
+
 def train_run(
     spec: RunSpec,
     options: TrainOptions,
     on_step: Callable[[int, int, float], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    on_notice: Notice | None = None,
 ) -> TrainPosition:
-    """Train as ``spec`` and ``options`` say; checkpoints and metrics land in ``spec.out``.
+    """Train as ``spec`` and ``options`` say; checkpoints and metrics land in ``spec.out``, checked
+    before any work (a folder holding a run is refused without ``spec.resume`` or ``spec.overwrite``).
+    The model's initial weights, the shuffle order and every clip come from ``options.seed``: the same
+    command on the same machine writes the same bytes.
 
     Under torchrun (WORLD_SIZE > 1) the processes join one group (NCCL on GPUs, gloo on CPUs), each
     takes its share of every global batch, gradients are averaged and rank 0 alone writes.
     """
     join_process_group(options.device)
-    train = read_split(spec, "train")
-    validation = read_split(spec, "validation")
-    cfg = preset(spec.preset).with_classes(train.classes, multi_label=train.multi_label)
-    cfg = cfg.replace(architecture=spec.model)
-    if spec.resume and not has_checkpoint(spec.out, "last"):
-        raise StrgError(f"nothing to resume in {spec.out}: no last/ checkpoint")
+    choose_device(options.device)
+    if spec.model not in ARCHITECTURES:
+        raise StrgError(f"--model must be one of {', '.join(ARCHITECTURES)}, got {spec.model!r}")
+    cfg = preset(spec.preset)
+    check_data(spec)
+    prepare_output(spec)
+    train = read_split(spec, "train", options.max_unreadable, on_notice)
+    validation = read_split(spec, "validation", options.max_unreadable, on_notice)
+    cfg = cfg.with_classes(train.classes, multi_label=train.multi_label).replace(architecture=spec.model)
+    notice = random_rpn_notice(spec, cfg.architecture)
+    if notice and on_notice is not None and not spec.resume:  # a resumed run keeps its RPN
+        on_notice(notice)
     tracks = read_tracks(spec, cfg.proposals.num_boxes)
     train_set = ClipDataset(train, cfg, train=True, tracks=tracks, cache=spec.cache, seed=options.seed)
     val_set = ClipDataset(
@@ -137,6 +199,7 @@ def train_run(
         cache=spec.cache,
         loader=LoaderConfig(temporal_clips=spec.temporal_clips),
     )
+    torch.manual_seed(options.seed)  # the initial weights come from the seed too
     model = build_model(cfg)
     if spec.init is not None and not spec.resume:
         load_backbone_init(model, spec.init)
@@ -146,9 +209,26 @@ def train_run(
                 f"--detector gives STRG's proposal network weights; --model {cfg.architecture} has none"
             )
         load_detector_weights(model.rpn, spec.detector)
+    extra = {} if spec.resume else {"rpn_weights": rpn_weights_source(spec, cfg.architecture)}
     return fit(
-        model, train_set, val_set, spec.out, options, resume=spec.resume, on_step=on_step, on_epoch=on_epoch
+        model,
+        train_set,
+        val_set,
+        spec.out,
+        options,
+        resume=spec.resume,
+        on_step=on_step,
+        on_epoch=on_epoch,
+        extra=extra,
     )
+
+
+def rpn_weights_source(spec: RunSpec, architecture: str) -> str | None:
+    """Where a new run's RPN weights come from, kept in its checkpoints' training state (``rpn_weights``)
+    so that evaluation can warn about a random RPN: "detector", "random", or None without an RPN."""
+    if architecture != "strg":
+        return None
+    return "detector" if spec.detector is not None else "random"
 
 
 def eval_run(
@@ -160,14 +240,24 @@ def eval_run(
     batch_size: int = 8,
     workers: int = 2,
     device: str = "auto",
+    max_skipped: float = 0.1,
+    on_notice: Notice | None = None,
 ) -> dict[str, Any]:
     """Metrics of the checkpoint folder ``checkpoint`` on ``split``: scores of every test view
-    (``spec.temporal_clips`` x ``spatial_crops``) averaged per video (see train.metrics)."""
+    (``spec.temporal_clips`` x ``spatial_crops``) averaged per video (see train.metrics). More than
+    ``max_skipped`` of the split's entries unreadable is a StrgError; fewer are reported."""
     from strg_deploy.models.serialization import load_pretrained
-    from strg_deploy.train.loop import choose_device, validate
+    from strg_deploy.train.loop import validate
 
+    target = choose_device(device)
     model = load_pretrained(checkpoint)
-    data = read_split(spec, split)
+    data = read_split(spec, split, max_skipped, on_notice)
+    uses_rpn = model.cfg.architecture == "strg" and spec.boxes is None and spec.proposals is None
+    if uses_rpn and on_notice is not None and checkpoint_extra(checkpoint).get("rpn_weights") == "random":
+        on_notice(
+            f"{checkpoint}'s RPN has random weights (trained without --detector): it proposes the same boxes "
+            "on every frame; give --boxes or --proposals"
+        )
     if data.classes != model.cfg.classes:
         raise StrgError(
             f"the checkpoint's {model.cfg.num_classes} classes are not the "
@@ -176,7 +266,6 @@ def eval_run(
     tracks = read_tracks(spec, model.cfg.proposals.num_boxes)
     loader = LoaderConfig(temporal_clips=spec.temporal_clips, spatial_crops=spatial_crops)
     dataset = ClipDataset(data, model.cfg, train=False, tracks=tracks, cache=spec.cache, loader=loader)
-    target = choose_device(device)
     return validate(model.to(target), dataset, batch_size, workers, target)
 
 
@@ -188,26 +277,28 @@ def proposals_run(
     device: str = "auto",
     batch_frames: int = 64,
     on_video: Callable[[int, int], None] | None = None,
+    on_notice: Notice | None = None,
 ) -> dict[str, Any]:
     """`strg proposals`: the RPN of preset ``spec.preset`` with the weights of ``spec.detector`` on every
     frame of the videos of ``splits``, written to one precomputed-proposals file ``out``.
     Returns {"videos", "file", "bytes"}."""
-    import torch
-
     from strg_deploy.models.proposals import RegionProposer
-    from strg_deploy.train.loop import choose_device
     from strg_deploy.train.precompute import precompute_proposals
 
     if spec.detector is None:
         raise StrgError("proposals need detector weights (--detector FILE, e.g. RUN/detector.safetensors)")
-    records = [record for split in splits for record in read_split(spec, split).records]
+    target = choose_device(device)
+    preset(spec.preset)
+    check_data(spec)
+    writable_file(out, overwrite=spec.overwrite)
+    records = [record for split in splits for record in read_split(spec, split, on_notice=on_notice).records]
     if not records:
         raise StrgError(f"no videos in the {'/'.join(splits)} split(s) of {spec.data}")
     cfg = preset(spec.preset)
     proposer = load_detector_weights(RegionProposer(cfg), spec.detector).eval()
     with torch.inference_mode():
         precompute_proposals(
-            records, proposer, out, batch_frames=batch_frames, device=choose_device(device), on_video=on_video
+            records, proposer, out, batch_frames=batch_frames, device=target, on_video=on_video
         )
     return {"videos": len({r.video_id for r in records}), "file": str(out), "bytes": out.stat().st_size}
 
@@ -216,7 +307,10 @@ PROPOSALS_LR = 0.05  # RPN fine-tuning from scratch: trained stably on the synth
 
 
 def proposer_run(
-    spec: RunSpec, options: TrainOptions, on_step: Callable[[int, int, float], None] | None = None
+    spec: RunSpec,
+    options: TrainOptions,
+    on_step: Callable[[int, int, float], None] | None = None,
+    on_notice: Notice | None = None,
 ) -> dict[str, Any]:
     """`strg train --task proposals`: fine-tune the preset's RPN on the ground-truth boxes of
     ``spec.boxes`` (from ``spec.detector`` weights when given, else from scratch; with ``spec.resume``
@@ -231,11 +325,13 @@ def proposer_run(
         raise StrgError(
             "--task proposals takes --boxes and optionally --detector or --resume (no --proposals/--init)"
         )
-    if spec.resume and not has_checkpoint(spec.out, "last"):
-        raise StrgError(f"nothing to resume in {spec.out}: no last/ checkpoint")
     join_process_group(options.device)
-    train = read_split(spec, "train")
-    validation = read_split(spec, "validation")
+    choose_device(options.device)
+    preset(spec.preset)
+    check_data(spec)
+    prepare_output(spec)
+    train = read_split(spec, "train", options.max_unreadable, on_notice)
+    validation = read_split(spec, "validation", options.max_unreadable, on_notice)
     cfg = preset(spec.preset).with_classes(train.classes, multi_label=train.multi_label)
     tracks = read_box_tracks(spec.boxes)
     train_set = ClipDataset(train, cfg, train=True, tracks=tracks, cache=spec.cache, seed=options.seed)
