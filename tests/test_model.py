@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -81,6 +82,29 @@ def test_training_reaches_backbone_and_head_but_not_the_frozen_rpn(tiny):
     assert trainable and all(p.grad is not None for _, p in trainable), [
         n for n, p in trainable if p.grad is None
     ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("architecture", "fusion"), [("strg", "sum"), ("strg", "towers"), ("i3d", "sum")])
+def test_trains_under_autocast(tiny, dtype, architecture, fusion):
+    """Mixed precision (what `strg train` uses on CUDA, float16 with gradient scaling) runs forward and
+    backward; autocast on the CPU follows the same casting rules, so this needs no GPU. The graph head's
+    in-place products once mixed a float32 graph with float16 features here."""
+    cfg = tiny.replace(architecture=architecture)
+    cfg = cfg.replace(head=dataclasses.replace(cfg.head, fusion=fusion))
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    clip = torch.randint(0, 256, (2, 3, cfg.frames, cfg.size, cfg.size), dtype=torch.uint8)
+    corner = torch.rand(2, cfg.feature_frames, cfg.proposals.num_boxes, 2) * cfg.size / 2
+    boxes = torch.cat([corner, corner + cfg.size / 4], dim=-1)
+    mask = torch.ones(boxes.shape[:-1], dtype=torch.bool)
+    given = (boxes, mask) if architecture == "strg" else (None, None)
+    with torch.autocast("cpu", dtype=dtype):
+        logits = model(clip, *given)
+    assert logits.dtype == dtype and logits.shape == (2, cfg.num_classes)
+    model.loss(logits.float(), torch.tensor([0, 1])).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
 def test_bad_clip_shape_names_expected_and_actual(strg, tiny):

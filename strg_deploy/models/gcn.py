@@ -68,10 +68,11 @@ class GraphConvLayer(nn.Module):
         if "forward" in projected:
             # Frame block k = b*T + t gets forward[b, t] @ (X W_fwd)[k + 1]; the block of each clip's
             # last frame is zero, so nothing leaks from one clip into the next.
-            graph = nn.functional.pad(forward_graph, (0, 0, 0, 0, 0, 1)).flatten(0, 1)
+            # in place: autocast does not cast for baddbmm_, so the graph takes the blocks' dtype
+            graph = nn.functional.pad(forward_graph, (0, 0, 0, 0, 0, 1)).flatten(0, 1).to(blocks.dtype)
             blocks[:-1].baddbmm_(graph[:-1], projected["forward"].flatten(0, 1)[1:])
         if "backward" in projected:
-            graph = nn.functional.pad(backward_graph, (0, 0, 0, 0, 1, 0)).flatten(0, 1)
+            graph = nn.functional.pad(backward_graph, (0, 0, 0, 0, 1, 0)).flatten(0, 1).to(blocks.dtype)
             blocks[1:].baddbmm_(graph[1:], projected["backward"].flatten(0, 1)[:-1])
         z = z.view(x.shape)
         if self.norm is not None:
