@@ -4,6 +4,10 @@ with torch on onnxruntime and OpenVINO (random inputs and real clips), atomic wr
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -282,9 +286,56 @@ def test_a_failed_export_keeps_the_previous_one(exported, tmp_path, monkeypatch)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no staging folder left either
 
 
+def test_a_failed_export_removes_its_staging_folder(tmp_path, monkeypatch):
+    def failing(model, network, options):
+        raise RuntimeError("the exporter crashed")  # not only StrgError
+
+    monkeypatch.setattr(export_onnx, "export_network", failing)
+    with pytest.raises(RuntimeError, match="crashed"):
+        export_model(tiny_model(), tmp_path, ExportOptions(max_batch=2))
+    assert list(tmp_path.iterdir()) == []
+
+
+KILLED_EXPORT = """
+import os, signal, sys
+import torch
+from strg_deploy.config import preset
+from strg_deploy.export.onnx import ExportOptions, export_model
+from strg_deploy.models.strg import build_model
+
+def die(network):  # the staging folder exists by now
+    os.kill(os.getpid(), signal.SIGKILL)
+
+export_model(build_model(preset("tiny")).eval(), sys.argv[1], ExportOptions(max_batch=1), on_network=die)
+"""
+
+
+def test_the_next_export_removes_the_staging_folder_of_a_killed_one(tmp_path, monkeypatch):
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_EXPORT, str(tmp_path)], stderr=subprocess.PIPE)
+    _, stderr = killed.communicate()  # waits: the process is gone, not a zombie
+    assert killed.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    (left,) = tmp_path.glob(".export-*")
+    assert left.name.startswith(f".export-{killed.pid}-") and left.is_dir()
+    live = tmp_path / f".export-{os.getpid()}-running"  # an export of a process that is alive
+    legacy = tmp_path / ".export-k3j9x0qa"  # named before staging folders carried a process id
+    for folder in (live, legacy):
+        folder.mkdir()
+    (tmp_path / "keep.txt").write_text("not ours")
+
+    def failing(model, network, options):  # the next export: its clean-up happens before any network
+        raise StrgError("head.onnx fails onnx.checker: simulated")
+
+    monkeypatch.setattr(export_onnx, "export_network", failing)
+    with pytest.raises(StrgError, match="simulated"):
+        export_model(tiny_model(), tmp_path, ExportOptions(max_batch=2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "keep.txt"]
+    assert export_onnx.remove_stale_staging(tmp_path) == []
+
+
 def test_export_rejects_bad_options_and_other_architectures(tmp_path):
-    with pytest.raises(StrgError, match="opset must be at least 18"):
-        export_network(tiny_model(), "head", ExportOptions(opset=17))
+    for opset in (17, 22, 99):  # 22: onnxruntime has no RoiAlign kernel for it; 99: no such opset
+        with pytest.raises(StrgError, match=f"opset must be 18 to 21, got {opset}"):
+            export_network(tiny_model(), "head", ExportOptions(opset=opset))
     with pytest.raises(StrgError, match="takes an STRG checkpoint"):
         export_model(tiny_model(architecture="i3d"), tmp_path)
     with pytest.raises(StrgError, match="max-batch must be at least 1"):
@@ -318,19 +369,24 @@ def test_cli_exports_a_checkpoint_and_checks_it(tmp_path):
     [
         (["--out", "OUT"], "give a checkpoint folder or --preset NAME"),
         (["--preset", "tiny"], "needs --out DIR"),
-        (["--preset", "tiny", "--out", "OUT", "--opset", "17"], "--opset must be at least 18"),
+        (["--preset", "tiny", "--out", "OUT", "--opset", "17"], "--opset must be 18 to 21, got 17"),
+        (["--preset", "tiny", "--out", "OUT", "--opset", "99"], "--opset must be 18 to 21, got 99"),
+        (["--preset", "tiny", "--out", "FILE"], "it is a file, not a folder"),
+        (["--preset", "tiny", "--out", "FILE/onnx"], "FILE is a file, not a folder"),
+        (["MISSING", "--out", "FILE"], "it is a file, not a folder"),  # checked before the checkpoint loads
         (["MISSING", "--out", "OUT"], "checkpoint folder not found"),
         (["--lint", "OUT"], "no manifest.json in"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, args, message):
-    args = [
-        str(tmp_path / "missing") if a == "MISSING" else str(tmp_path / "out") if a == "OUT" else a
-        for a in args
-    ]
+    names = {"MISSING": "missing", "OUT": "out", "FILE": "file", "FILE/onnx": "file/onnx"}
+    (tmp_path / "file").write_text("not a folder")
+    args = [str(tmp_path / names[a]) if a in names else a for a in args]
+    message = message.replace("FILE", str(tmp_path / "file"))
     result = runner.invoke(app, ["export", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert (tmp_path / "file").read_text() == "not a folder" and not (tmp_path / "out").exists()
 
 
 def test_cli_lint_passes_the_export_and_names_a_bad_node(exported, tmp_path):

@@ -25,6 +25,7 @@ from strg_deploy.models.proposals import (
     detector_state_for_proposer,
     load_detector_weights,
     pad_to_n,
+    tie_free_scores,
     write_precomputed,
 )
 
@@ -248,6 +249,25 @@ def test_nms_top_n_on_hand_made_boxes():
     assert strict[0].shape == (3, 6, 4)
     assert strict[2][1].tolist() == [True, True, True, True, False, False]
     assert strict[0][1, :4].tolist() == [[5, 0, 15, 10], [9, 9, 10, 10], [2, 2, 3, 3], [0, 0, 1, 1]]
+
+
+def test_nms_top_n_breaks_ties_by_candidate_index():
+    boxes = torch.tensor(
+        [[[0, 0, 10, 10], [30, 30, 40, 40], [1, 0, 11, 10], [20, 20, 30, 30], [50, 50, 60, 60.0]]]
+    )
+    scores = torch.tensor([[0.5, 0.7, 0.5, 0.5, 0.5]])  # four-way tie below the best
+    valid = torch.tensor([[True, True, True, True, True]])
+    ranking = tie_free_scores(scores, valid)
+    assert ranking.tolist() == [[4.0, 5.0, 3.0, 2.0, 1.0]]  # K - rank: 1 first, then 0, 2, 3, 4
+    assert tie_free_scores(scores, ~valid).tolist() == [[-1.0] * 5]
+    # box 2 overlaps box 0 (IoU 0.818) with the same score: the earlier candidate, 0, stays;
+    # the cut at three boxes takes the earlier of the tied boxes 3 and 4
+    out_boxes, out_scores, mask = _nms_top_n(boxes, scores, valid, 0.8, 3)
+    assert out_boxes[0].tolist() == [[30, 30, 40, 40], [0, 0, 10, 10], [20, 20, 30, 30]]
+    assert out_scores[0].tolist() == pytest.approx([0.7, 0.5, 0.5]) and mask.all()
+    reversed_order = [4, 3, 2, 1, 0]  # the same candidates listed the other way round: index decides
+    flipped = _nms_top_n(boxes[:, reversed_order], scores[:, reversed_order], valid, 0.8, 3)
+    assert flipped[0][0].tolist() == [[30, 30, 40, 40], [50, 50, 60, 60], [20, 20, 30, 30]]
 
 
 def test_nms_top_n_frames_do_not_mix():

@@ -12,7 +12,12 @@ Every network normalises its uint8 input inside the graph. The batch axis (F = B
 dynamic up to ``max_batch`` clips. Export uses ``torch.onnx.export(dynamo=True, optimize=True)``: without
 the optimiser a bias-free Conv3d is written with a malformed bias. Each file passes ``onnx.checker``'s
 full check, and every custom node must have its body (the checker does not look). Files are written to a
-temporary folder inside ``out`` (``.export-*``) and moved in only when all of them are complete.
+temporary folder inside ``out`` (``.export-<pid>-*``) and moved in only when all of them are complete; a
+failed export removes its folder, and each export removes the folders of exports whose process is gone
+(killed before it could clean up).
+
+Opsets 18 to 21 work end to end: torch's exporter writes 18 and later, and onnxruntime (1.32) has no
+kernel for ``RoiAlign`` at opset 22, which the head's function body then uses.
 """
 
 from __future__ import annotations
@@ -37,12 +42,14 @@ from strg_deploy.models.strg import STRG
 
 NETWORKS = ("rpn", "backbone", "head")
 MIN_OPSET = 18
+MAX_OPSET = 21  # onnxruntime has no RoiAlign kernel for opset 22 (the head's function body)
 DEFAULT_OPSET = 18
+STAGING_PREFIX = ".export-"
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportOptions:
-    """``opset`` (>= 18), ``max_batch`` (clips; the RPN takes ``max_batch * T'`` frames),
+    """``opset`` (18 to 21), ``max_batch`` (clips; the RPN takes ``max_batch * T'`` frames),
     ``external_data`` (weights in ``<network>.onnx.data`` beside each file), ``plain`` (functions
     inlined: no custom nodes)."""
 
@@ -52,8 +59,8 @@ class ExportOptions:
     plain: bool = False
 
     def validate(self) -> ExportOptions:
-        if self.opset < MIN_OPSET:
-            raise StrgError(f"--opset must be at least {MIN_OPSET}, got {self.opset}")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise StrgError(f"--opset must be {MIN_OPSET} to {MAX_OPSET}, got {self.opset}")
         if self.max_batch < 1:
             raise StrgError(f"--max-batch must be at least 1, got {self.max_batch}")
         return self
@@ -93,7 +100,11 @@ def _trace(
             dynamic_shapes=tuple({0: batch} for _ in args),
             verbose=False,
         )
-    return program.model_proto
+    proto = program.model_proto
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:  # the exporter falls back to its own opset when it cannot convert
+        raise StrgError(f"torch's ONNX exporter wrote opset {written} where {opset} was asked for")
+    return proto
 
 
 def example_inputs(model: STRG, batch: int = 2, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
@@ -181,15 +192,62 @@ def _save(proto: onnx.ModelProto, path: Path, external_data: bool) -> list[Path]
     return [path]
 
 
+def check_out(out: str | Path) -> Path:
+    """Raise StrgError unless ``out`` is a folder this process may write in, or a path where one can be
+    created (the nearest existing ancestor is a writable folder). Returns ``out`` as a Path."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StrgError(f"cannot export to {out}: it is a file, not a folder")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StrgError(f"cannot export to {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StrgError(f"cannot export to {out}: no permission to write in {existing}")
+    return out
+
+
+def _staging_pid(name: str) -> int | None:
+    """The process id in a staging folder's name ``.export-<pid>-<random>`` (None if it has none)."""
+    head = name[len(STAGING_PREFIX) :].split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user
+        return True
+    return True
+
+
+def remove_stale_staging(out: str | Path) -> list[Path]:
+    """Remove the staging folders in ``out`` left by exports that were killed: ``.export-<pid>-*`` whose
+    process is gone, and ``.export-*`` without a process id (from versions that wrote none). Folders of
+    running exports stay. Returns the folders removed."""
+    removed = []
+    for path in sorted(Path(out).glob(f"{STAGING_PREFIX}*")):
+        pid = _staging_pid(path.name)
+        if not path.is_dir() or (pid is not None and _process_alive(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 def export_model(
     model: STRG, out: str | Path, options: ExportOptions = ExportOptions(), on_network=None
 ) -> dict:
     """Export the three networks of ``model`` to ``out`` (rpn.onnx, backbone.onnx, head.onnx, and
     manifest.json) and return the manifest. ``on_network(name)`` is called before each network.
 
-    All files are first written to a temporary folder inside ``out``; only when every network exported
-    and checked are they moved into ``out`` (the manifest last), so a failed export leaves a previous
-    one intact.
+    ``out`` is checked first (:func:`check_out`). All files are written to a temporary folder inside
+    ``out`` (``.export-<pid>-*``, removed whether the export succeeds or fails; those of killed exports
+    are removed by the next one); only when every network exported and checked are they moved into
+    ``out`` (the manifest last), so a failed export leaves a previous one intact.
     """
     if not isinstance(model, STRG):
         architecture = getattr(getattr(model, "cfg", None), "architecture", type(model).__name__)
@@ -197,10 +255,11 @@ def export_model(
             f"strg export takes an STRG checkpoint (its three networks); this one is {architecture!r}"
         )
     options.validate()
-    out = Path(out)
+    out = check_out(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+        remove_stale_staging(out)
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
     except OSError as err:
         raise StrgError(f"cannot write to {out}: {err.strerror}") from None
     try:

@@ -46,7 +46,6 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from strg_deploy.config import ModelConfig
 from strg_deploy.errors import StrgError, shape_error
-from strg_deploy.fileio import atomic_path
 from strg_deploy.models.state_dicts import check_fit, read_state_dict
 
 PRECOMPUTED_FORMAT = "strg-proposals"
@@ -147,6 +146,19 @@ def _nms_keep(boxes: Tensor, scores: Tensor, valid: Tensor, iou_threshold: float
     return keep
 
 
+def tie_free_scores(scores: Tensor, valid: Tensor) -> Tensor:
+    """Scores without ties, for ranking: scores [F, K], valid bool [F, K] -> float32 [F, K] holding
+    K - rank for valid candidates and -1 for the others, where rank orders each frame's valid candidates
+    by score (highest first) and equal scores by candidate index (lowest first), as a stable sort does.
+    The exported RPN computes the same values with standard ops (``export/rpn_postprocess.py``)."""
+    k = scores.shape[-1]
+    masked = scores.masked_fill(~valid, -1.0)
+    order = torch.sort(masked, dim=-1, descending=True, stable=True).indices
+    steps = torch.arange(k, device=scores.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(-1, order, steps)
+    return torch.where(valid, (k - rank).to(torch.float32), torch.full_like(masked, -1.0))
+
+
 def _nms_top_n(
     boxes: Tensor, scores: Tensor, valid: Tensor, iou_threshold: float, n: int
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -154,9 +166,12 @@ def _nms_top_n(
 
     boxes float32 [F, K, 4], scores float32 [F, K], valid bool [F, K] -> boxes [F, n, 4],
     scores [F, n], mask bool [F, n], highest score first; padded rows are zero boxes with score 0.
+    Equal scores rank by candidate index, lower first (:func:`tie_free_scores`), in NMS and in the
+    output order alike.
     """
-    keep = _nms_keep(boxes, scores, valid, iou_threshold)
-    ranked = scores.masked_fill(~keep, float("-inf"))
+    ranking = tie_free_scores(scores, valid)
+    keep = _nms_keep(boxes, ranking, valid, iou_threshold)
+    ranked = ranking.masked_fill(~keep, float("-inf"))
     _, order = ranked.topk(min(n, scores.shape[1]), dim=1)
     return tuple(_gather_padded(boxes, scores, keep, order, n))
 
@@ -466,7 +481,7 @@ def write_precomputed(path: str | Path, entries: Mapping[str, Mapping[str, Any]]
     and size for every video the file is version 2, without them for any video version 1 (mixing both
     raises StrgError). Returns ``path``.
     """
-    from safetensors.torch import save_file
+    from strg_deploy.models.serialization import save_tensors
 
     path = Path(path)
     tensors = {}
@@ -480,9 +495,7 @@ def write_precomputed(path: str | Path, entries: Mapping[str, Mapping[str, Any]]
         raise StrgError("precomputed boxes: give fps and size for every video or for none")
     version = PRECOMPUTED_VERSION if with_frames == {True} else "1"
     metadata = {"format": PRECOMPUTED_FORMAT, "version": version}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    return path
+    return save_tensors(tensors, path, metadata)
 
 
 class PrecomputedBoxes:
