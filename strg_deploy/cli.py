@@ -12,7 +12,6 @@ import functools
 import json
 import os
 import re
-import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -38,8 +37,12 @@ except ImportError:  # pragma: no cover - older typer with click itself
 class OneLineErrors(typer.core.TyperGroup):
     """The top-level group: a usage error (a bad flag value, a missing option, an unknown command) is one
     line on stderr, ``error: <what> (see strg <command> --help)``, with exit status 2, like every error
-    the library raises; Ctrl-C is ``error: interrupted`` with status 130. SIGTERM raises SystemExit(143)
-    in the main thread, so that temporary files and worker processes are cleaned up on the way out."""
+    the library raises; Ctrl-C is ``error: interrupted`` with status 130.
+
+    SIGTERM keeps its default action (the process ends at once): raising an exception from a handler at
+    an arbitrary point (inside a fork, or a DataLoader's file-descriptor handshake) was seen to hang the
+    process. Writes are atomic, stale temporary folders are removed by the next run, and child processes
+    end with their parent (``strg_deploy.processes``)."""
 
     def main(
         self,
@@ -51,7 +54,6 @@ class OneLineErrors(typer.core.TyperGroup):
     ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        previous = _on_sigterm(_terminated)
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except UsageProblem as err:
@@ -67,8 +69,6 @@ class OneLineErrors(typer.core.TyperGroup):
         except (typer.Abort, KeyboardInterrupt):
             typer.echo("error: interrupted", err=True)
             sys.exit(130)
-        finally:
-            _on_sigterm(previous)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -85,21 +85,6 @@ class PlainUsage(typer.core.TyperCommand):
             name = name if param.required else f"[{name}]"
             pieces.append(name + ("..." if param.nargs != 1 else ""))
         return pieces
-
-
-def _on_sigterm(handler: Any) -> Any:
-    """Install a SIGTERM handler (None: leave it), returning the previous one; outside the main thread,
-    where Python allows no handler, nothing changes and None comes back."""
-    if handler is None:
-        return None
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:
-        return None
-
-
-def _terminated(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
 
 
 app = typer.Typer(

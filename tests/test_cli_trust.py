@@ -44,7 +44,7 @@ def train_args(data, out, *extra):
 
 
 def one_error_line(result, *fragments):
-    """The command failed with status 2 and printed exactly one line, ``error: ...``, holding ``fragments``."""
+    """The command failed with status 2 and printed one line, ``error: ...``, holding ``fragments``."""
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
@@ -90,7 +90,17 @@ def test_where_results_go_is_checked_before_any_work(data, tmp_path):
     for out, message in ((blocker, "exists; pass --overwrite"), (blocker / "p.safetensors", "cannot write")):
         result = runner.invoke(
             app,
-            ["proposals", "--data", str(data), "--detector", str(detector), "--preset", "tiny", "--out", str(out)],
+            [
+                "proposals",
+                "--data",
+                str(data),
+                "--detector",
+                str(detector),
+                "--preset",
+                "tiny",
+                "--out",
+                str(out),
+            ],
         )
         one_error_line(result, message)
 
@@ -188,7 +198,9 @@ def test_annotation_entries_skipped_are_reported_and_bounded(data, tmp_path):
     (copy / "videos" / "1.mp4").unlink()
     options = tmp_path / "lenient.json"
     options.write_text('{"max_unreadable": 0.2}')
-    result = runner.invoke(app, train_args(copy, tmp_path / "run", "--epochs", "1", "--options", str(options)))
+    result = runner.invoke(
+        app, train_args(copy, tmp_path / "run", "--epochs", "1", "--options", str(options))
+    )
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.output.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 1 and "train: 1 of 8 entries skipped (1 missing video file" in warnings[0]
@@ -204,7 +216,9 @@ def test_strg_on_a_random_rpn_is_warned_about(data, tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "warning: STRG's boxes come from its RPN, which has random weights" in result.output
-    evaluated = runner.invoke(app, ["eval", str(tmp_path / "run" / "best"), "--data", str(data), "--workers", "0"])
+    evaluated = runner.invoke(
+        app, ["eval", str(tmp_path / "run" / "best"), "--data", str(data), "--workers", "0"]
+    )
     assert evaluated.exit_code == 0, evaluated.output
     assert "RPN has random weights" in evaluated.output
     with_boxes = runner.invoke(
@@ -221,7 +235,9 @@ def test_the_last_line_names_the_best_epoch(data, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     best = max(rows, key=lambda row: row["headline"])
     last = result.stdout.strip().splitlines()[-1]
-    expected = f"best top1 {100 * best['headline']:.1f} % at epoch {best['epoch']} (step {best['global_step']})"
+    expected = (
+        f"best top1 {100 * best['headline']:.1f} % at epoch {best['epoch']} (step {best['global_step']})"
+    )
     assert last.startswith(expected), last
 
 
@@ -239,3 +255,65 @@ def test_every_option_and_argument_is_described(command):
             assert getattr(param, "help", None), f"{' '.join(command)}: {param.name} has no help"
     usage = runner.invoke(app, [*command, "--help"]).stdout
     assert "{" not in usage.split("\n\n")[0] + usage.splitlines()[1]
+
+
+def children(pid):
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid):
+    from pathlib import Path
+
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc: needs Linux")
+def test_a_terminated_training_run_leaves_no_process_and_resumes(data, tmp_path):
+    """SIGTERM while the loader's workers run: the workers end with the run, and resuming the run leaves
+    its folder with no temporary entry (a save cut off part-way is cleaned up by the next start)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    args = train_args(data, run, "--epochs", "50", "--workers", "2")  # the last --workers counts
+    cli = Path(__file__).resolve().parent.parent / "cli.py"
+    process = subprocess.Popen(
+        [sys.executable, str(cli), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "last").is_dir() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert (run / "last").is_dir(), process.stderr.read() if process.poll() is not None else "no checkpoint"
+    workers = children(process.pid)
+    while not workers and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)  # between epochs no loader runs: wait for the next one's workers
+        workers = children(process.pid)
+    assert workers, "the loader started no worker processes"
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGTERM
+    gone = time.monotonic() + 10
+    while [pid for pid in workers if alive(pid)] and time.monotonic() < gone:
+        time.sleep(0.1)
+    assert [pid for pid in workers if alive(pid)] == []
+    resumed = runner.invoke(app, [*train_args(data, run, "--epochs", "1"), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
