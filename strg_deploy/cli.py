@@ -277,28 +277,38 @@ def data_info(
     stream: Annotated[
         int | None, typer.Option("--stream", help="Video stream index (default: the first).")
     ] = None,
+    fps: Annotated[
+        float | None,
+        typer.Option("--fps", help="Frame rate of frame-folder patterns (frames/%05d.jpg); files ignore it."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Container, stream, codec, size after rotation, fps, duration, decoded and damaged frames per video.
 
     Every frame is decoded (that is how damaged frames and the measured fps are found). A file that cannot
-    be read becomes a row with its error, and the exit status is 1 when any row has one.
+    be read (a still image included) becomes a row with its error, and the exit status is 1 when any row
+    has one. A file that decodes fewer frames than it declares (beyond damaged packets), or that ends
+    before the data its index points to (truncated), shows decoded/declared frames marked with ! and a
+    warning line; its JSON row says so in missing_frames and truncated.
     """
-    from strg_deploy.data.info import info_rows
+    from strg_deploy.data.info import info_rows, row_warning
 
-    rows = info_rows(videos, stream=stream)
+    rows = info_rows(videos, stream=stream, fps=fps)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
         table = new_table("videos (--json gives every field)")
-        table.add_column("file", max_width=24, overflow="ellipsis", no_wrap=True)
+        table.add_column("file", max_width=24, overflow="ellipsis")
         for column in ("codec", "size", "fps", "measured", "seconds", "frames", "damaged"):
-            table.add_column(column, no_wrap=True, justify="left" if column in ("codec", "size") else "right")
+            justify = "left" if column in ("codec", "size") else "right"
+            table.add_column(column, no_wrap=True, justify=justify, min_width=len(column))  # the name shrinks
         for row in rows:
             name = Path(row["path"]).name or row["path"]
             if "error" in row:
                 table.add_row(name, "[red]error[/red]")
                 continue
+            decoded, declared = row["frames_decoded"], row["declared_frames"]
+            frames = str(decoded) if declared in (0, decoded) else f"{decoded}/{declared}"
             table.add_row(
                 name,
                 row["codec"],
@@ -306,13 +316,15 @@ def data_info(
                 f"{row['nominal_fps']:.2f}" if row["nominal_fps"] else "-",
                 f"{row['measured_fps']:.2f}" if row["measured_fps"] else "-",
                 f"{row['duration']:.2f}" if row["duration"] is not None else "-",
-                str(row["frames_decoded"]),
+                f"[yellow]{frames}![/yellow]" if row_warning(row) else frames,
                 str(row["damaged_frames"]),
             )
         console.print(table)
         for row in rows:
             if "error" in row:
                 typer.echo(f"error: {row['error']}", err=True)
+            elif warning := row_warning(row):
+                warn(warning)
     if any("error" in row for row in rows):
         raise typer.Exit(1)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -48,3 +50,42 @@ def test_data_synth_bad_size_is_one_line(tmp_path):
     result = runner.invoke(app, ["data", "synth", str(tmp_path / "x"), "--train", "1", "--size", "4"])
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+
+
+@pytest.mark.skipif(not VIDEOS.is_dir(), reason=f"real clips not found at {VIDEOS}")
+def test_data_info_refuses_stills_and_flags_truncated_files(tmp_path):
+    from test_data_inputs import still_as_mp4, truncated_film
+
+    still, cut = still_as_mp4(tmp_path), truncated_film(tmp_path)
+    result = runner.invoke(app, ["data", "info", "--json", str(cut), str(still)])
+    assert result.exit_code == 1  # the still is an error row
+    short, error = json.loads(result.stdout)
+    assert (short["frames_decoded"], short["declared_frames"], short["missing_frames"]) == (58, 185, 127)
+    assert short["truncated"] is True
+    assert error["path"] == str(still) and "it is a still image (png" in error["error"]
+
+    table = runner.invoke(app, ["data", "info", str(cut), str(still)])
+    assert table.exit_code == 1 and "58/185!" in table.stdout
+    lines = table.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"warning: {cut}: 127 of the 185 frames it declares")
+    assert lines[1].startswith(f"error: cannot open video {still}: it is a still image")
+    alone = runner.invoke(app, ["data", "info", str(cut)])
+    assert alone.exit_code == 0 and "truncated" in alone.stderr  # a warning, not an error
+
+
+def test_data_info_fps_reads_frame_patterns(tmp_path):
+    for i in range(6):
+        image = np.full((48, 64, 3), 40 * i, dtype=np.uint8)
+        av.VideoFrame.from_ndarray(image, format="rgb24").save(str(tmp_path / f"{i + 1:05d}.jpg"))
+    pattern = str(tmp_path / "%05d.jpg")
+    missing = runner.invoke(app, ["data", "info", pattern])
+    assert missing.exit_code == 1
+    assert missing.stderr.strip().endswith(
+        "a frame-folder pattern needs its frame rate: pass --fps "
+        "(e.g. 12 for Something-Something v1 frames, 24 for Charades)"
+    )
+    result = runner.invoke(app, ["data", "info", "--json", "--fps", "24", pattern])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["frames_decoded"] == 6 and row["nominal_fps"] == pytest.approx(24.0)
+    assert row["last_time"] == pytest.approx(5 / 24)

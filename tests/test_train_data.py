@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from strg_deploy.config import preset
+from strg_deploy.data.cache import CacheError
 from strg_deploy.data.datasets import read_box_tracks, read_folders, read_something_something_v2
 from strg_deploy.data.synthetic import generate
 from strg_deploy.errors import StrgError
@@ -123,3 +125,87 @@ def test_real_clips_load_through_a_folder_dataset(tmp_path):
         assert item["clip"].shape == (3, cfg.frames, cfg.size, cfg.size)
         assert item["clip"].float().std() > 1.0  # real content, not a blank frame
     assert "boxes" not in item
+
+
+def folder_dataset(root: Path, sources: list[Path], broken: dict[int, bytes | Path]):
+    """A one-class folder dataset of ``sources`` (symlinked) where position i in ``broken`` holds those
+    bytes (or that file's bytes) instead; the records keep the order of ``sources``."""
+    (root / "a").mkdir(parents=True)
+    for i, source in enumerate(sources):
+        path = root / "a" / f"{i:02d}.mp4"
+        bad = broken.get(i)
+        if bad is None:
+            os.symlink(source, path)
+        else:
+            path.write_bytes(bad.read_bytes() if isinstance(bad, Path) else bad)
+    data = read_folders(root)
+    return data, preset("tiny").with_classes(data.classes)
+
+
+def test_each_unreadable_video_counts_once_per_epoch(synth, tmp_path):
+    data, _, _ = synth
+    sources = [Path(r.source) for r in data.records[:8]]
+    broken = {i: b"damaged beyond repair" for i in (2, 3, 4)}  # a run of three: items 2, 3, 4 pass over it
+    folders, cfg = folder_dataset(tmp_path / "data", sources, broken)
+    dataset = ClipDataset(folders, cfg, train=True)
+    skipped = [int(dataset[i]["skipped"]) for i in range(len(dataset))]
+    assert skipped == [0, 0, 1, 1, 1, 0, 0, 0]  # 3 unreadable videos, not 3 + 2 + 1 passes over them
+    assert int(dataset[2]["video"]) == 5  # replaced by the next readable video
+    with pytest.raises(StrgError, match="cannot open video"):
+        ClipDataset(folders, cfg, train=False)[2]
+
+
+def test_still_images_are_not_training_videos(synth, tmp_path):
+    from test_data_inputs import still_as_mp4
+
+    data, _, _ = synth
+    still = still_as_mp4(tmp_path)
+    folders, cfg = folder_dataset(tmp_path / "data", [Path(r.source) for r in data.records[:3]], {1: still})
+    for cache in (None, tmp_path / "cache"):
+        dataset = ClipDataset(folders, cfg, train=True, cache=cache)
+        assert [int(dataset[i]["skipped"]) for i in range(3)] == [0, 1, 0]
+        with pytest.raises(StrgError, match=r"a\W01\.mp4: it is a still image \(png"):
+            ClipDataset(folders, cfg, train=False, cache=cache)[1]
+    only_stills, cfg = folder_dataset(tmp_path / "stills", [still] * 2, {0: still, 1: still})
+    with pytest.raises(StrgError, match="it is a still image"):
+        ClipDataset(only_stills, cfg, train=True)[0]
+
+
+def test_a_corrupt_cache_entry_is_rebuilt_and_reported_once(synth, tmp_path):
+    data, tracks, cfg = synth
+    notices: list[str] = []
+    direct = ClipDataset(data, cfg, train=True, tracks=tracks)
+    cached = ClipDataset(
+        data, cfg, train=True, tracks=tracks, cache=tmp_path / "cache", on_notice=notices.append
+    )
+    items = range(5)
+    expected = [direct[i]["clip"] for i in items]
+    for i in items:
+        cached[i]  # builds the entries
+    cache = cached.cache
+    paths = [cache.paths(data.records[i].source) for i in items]
+    frames0 = paths[0][0]
+    frames0.write_bytes(frames0.read_bytes()[:1000])  # truncated frames
+    paths[1][1].write_bytes(b"")  # an empty sidecar
+    paths[2][0].write_bytes(os.urandom(4096))  # garbage
+    np.save(paths[3][1], np.arange(3.0))  # a whole file, but 3 times for 16 frames
+    for i in items:
+        assert torch.equal(cached[i]["clip"], expected[i]), i
+    assert cache.rebuilt == 4 and len(notices) == 1  # entry 4 was whole; said once
+    assert notices[0].startswith(f"cache entry {frames0} could not be read (mmap length is greater than")
+    assert f"rebuilt it from {data.records[0].source} (other unreadable entries" in notices[0]
+    for i in items:  # whole again: memory-mapped
+        assert torch.equal(cached[i]["clip"], expected[i])
+        assert isinstance(cache.load(data.records[i].source).frames, np.memmap)
+    assert cache.rebuilt == 4
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_cache_that_cannot_be_written_is_not_blamed_on_the_videos(synth, tmp_path):
+    data, tracks, cfg = synth
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder should be")
+    dataset = ClipDataset(data, cfg, train=True, tracks=tracks, cache=blocked)
+    with pytest.raises(CacheError, match=f"decoded-clip cache {blocked}: cannot write .*--cache") as caught:
+        dataset[0]  # raised at once, not passed over as 14 unreadable videos
+    assert "\n" not in str(caught.value)

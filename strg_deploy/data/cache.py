@@ -6,11 +6,20 @@ at a fixed short side and stored as ``<root>/<key>.npy`` (uint8 [F, H, W, 3], ev
 clip costs a gather of T frames instead of a seek and a decode. Files are written to temporary names and
 renamed: a killed run leaves no half-written entry, and two loader workers that build the same entry at
 once both end with a complete file.
+
+An entry that cannot be read back (a truncated or garbled ``.npy`` or sidecar, frames and times that do not
+match, frames at another size) is the cache's fault, not the video's: it is rebuilt from the video (the
+same atomic writes) and said once, as one line to ``on_notice`` naming the first such entry (once per
+process: each loader worker says it for the first entry it rebuilds). A cache that cannot be written
+raises :class:`CacheError` (a StrgError naming the cache folder), which a training run does not mistake
+for an unreadable video.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +29,21 @@ from strg_deploy.data.transforms import short_side_shape
 from strg_deploy.data.video import open_video
 from strg_deploy.errors import StrgError
 from strg_deploy.fileio import atomic_path
+
+Notice = Callable[[str], None]
+
+
+class CacheError(StrgError):
+    """The decoded-clip cache, not a video, is at fault (an entry that cannot be written)."""
+
+
+class _Unreadable(Exception):
+    """A cache entry that cannot be read back (the reason is the message)."""
+
+
+def warn_on_stderr(message: str) -> None:
+    """The default notice: ``warning: <message>`` on one line of stderr (from a loader worker too)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -74,11 +98,17 @@ def decode_video(source: str, short_side: int | None, fps: float | None = None) 
 
 
 class ClipCache:
-    """Decoded videos at ``short_side`` under ``root``, built on first use and memory-mapped after."""
+    """Decoded videos at ``short_side`` under ``root``, built on first use and memory-mapped after.
 
-    def __init__(self, root: str | Path, short_side: int):
+    on_notice: receives one line when the first entry that could not be read has been rebuilt (later
+    ones are rebuilt without a word); default: a ``warning:`` line on stderr.
+    """
+
+    def __init__(self, root: str | Path, short_side: int, on_notice: Notice | None = None):
         self.root = Path(root)
         self.short_side = short_side
+        self.on_notice = on_notice or warn_on_stderr
+        self.rebuilt = 0  # entries rebuilt by this process
 
     def key(self, source: str) -> str:
         """The entry name of a video: a hash of its path and the cache's short side."""
@@ -94,18 +124,60 @@ class ClipCache:
         return frames.is_file() and times.is_file()
 
     def load(self, source: str, fps: float | None = None) -> DecodedVideo:
-        """The cached video, decoding and storing it first when it is not cached yet."""
+        """The cached video, decoding and storing it first when it is not cached yet, or when its entry
+        cannot be read (``on_notice`` hears of the first such entry once it is rebuilt).
+
+        Raises StrgError when the video cannot be decoded, CacheError when the entry cannot be written.
+        """
         frames_path, times_path = self.paths(source)
-        if source not in self:
-            video = decode_video(source, self.short_side, fps)
-            with atomic_path(times_path) as tmp:
-                with open(tmp, "wb") as handle:
-                    np.save(handle, video.times)
-            with atomic_path(frames_path) as tmp:
-                with open(tmp, "wb") as handle:
-                    np.save(handle, video.frames)
-            return video
+        problem = None
+        if source in self:
+            try:
+                return self._read(frames_path, times_path)
+            except _Unreadable as err:
+                problem = str(err)
+        video = decode_video(source, self.short_side, fps)
+        self._write(video, frames_path, times_path)
+        if problem is not None:
+            self.rebuilt += 1
+            if self.rebuilt == 1:
+                self.on_notice(
+                    f"cache entry {frames_path} could not be read ({problem}); rebuilt it from {source} "
+                    "(other unreadable entries are rebuilt without another warning)"
+                )
+        return video
+
+    def _read(self, frames_path: Path, times_path: Path) -> DecodedVideo:
+        """The entry, memory-mapped; _Unreadable with the reason when it is not a whole, consistent entry."""
         try:
-            return DecodedVideo(np.load(frames_path, mmap_mode="r"), np.load(times_path))
-        except (OSError, ValueError) as err:
-            raise StrgError(f"damaged cache entry {frames_path}: {err}; delete it to rebuild") from None
+            frames = np.load(frames_path, mmap_mode="r")
+            times = np.load(times_path)
+        except (OSError, ValueError, EOFError) as err:
+            raise _Unreadable(" ".join(str(err).split()) or type(err).__name__) from None
+        if not (isinstance(frames, np.ndarray) and isinstance(times, np.ndarray)):
+            raise _Unreadable("not .npy arrays")
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3 or 0 in frames.shape:
+            raise _Unreadable(f"frames are {frames.dtype} {list(frames.shape)}, not uint8 [F, H, W, 3]")
+        if self.short_side and min(frames.shape[1:3]) != self.short_side:
+            raise _Unreadable(
+                f"frames are {frames.shape[2]}x{frames.shape[1]}, not at short side {self.short_side}"
+            )
+        if times.dtype != np.float64 or times.shape != frames.shape[:1]:
+            raise _Unreadable(f"times are {times.dtype} {list(times.shape)} for {len(frames)} frames")
+        if not (np.all(np.isfinite(times)) and np.all(np.diff(times) >= 0)):
+            raise _Unreadable("times are not finite and non-decreasing")
+        return DecodedVideo(frames, times)
+
+    def _write(self, video: DecodedVideo, frames_path: Path, times_path: Path) -> None:
+        """Store an entry (times first, frames last: an entry is complete once its frames file exists)."""
+        try:
+            for path, array in ((times_path, video.times), (frames_path, video.frames)):
+                with atomic_path(path) as tmp:
+                    with open(tmp, "wb") as handle:
+                        np.save(handle, array)
+        except (StrgError, OSError) as err:
+            reason = err.strerror if isinstance(err, OSError) else str(err)
+            raise CacheError(
+                f"decoded-clip cache {self.root}: {reason}; free space there, or delete the folder or "
+                "choose another --cache"
+            ) from None

@@ -20,11 +20,21 @@ A packet the decoder rejects costs its frame: it is counted (``VideoReader.damag
 decoding goes on. Files that cannot be opened, streams that do not exist and read errors raise
 :class:`~strg_deploy.errors.StrgError` with the path and FFmpeg's reason.
 
+A still image is not a video: a file (or URL) that FFmpeg reads with an image demuxer (``image2``, the
+``*_pipe`` single-image demuxers such as ``png_pipe`` or ``jpeg_pipe``, ``gif``, ``apng``...) and that
+holds fewer than two pictures is refused with StrgError, whatever its name says (a PNG renamed to
+``.mp4`` included). An animated GIF or APNG, a stream of concatenated JPEGs and a frame folder read
+through a pattern (``frames/%05d.jpg``) are videos.
+
+A file that ends before the data its index points to (an MP4 cut short with its ``moov`` index at the
+front) is ``truncated``: it decodes up to where it ends, and ``duration`` is the part the file holds.
+
 No torch here: this module is on the runtime side.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import os
@@ -50,6 +60,7 @@ __all__ = [
     "DecodedFrame",
     "FrameCount",
     "VideoReader",
+    "is_frame_pattern",
     "open_video",
 ]
 
@@ -63,6 +74,7 @@ _REORDER_WINDOW = 4  # frames held back to choose the timestamp source and sort 
 _SEEK_GAP_FRAMES = 8  # a keyframe at least this many frames ahead is worth a seek instead of decoding
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _FRAME_NUMBER = re.compile(r"%(0?)(\d*)d")
+_IMAGE_DEMUXERS = frozenset({"image2", "image2pipe", "gif", "apng", "jpegxl_anim", "webp"})  # + "*_pipe"
 
 
 class DecodedFrame(NamedTuple):
@@ -128,6 +140,21 @@ def open_video(
     Raises StrgError when the source cannot be opened, has no video stream, or lacks the stream asked for.
     """
     return VideoReader(source, stream, fps=fps, timeout=timeout, threads=threads)
+
+
+def is_frame_pattern(source: str | os.PathLike[str]) -> bool:
+    """Whether ``source`` is a frame-folder pattern (``folder/%05d.jpg``): a printf-style frame number in
+    its file name, and no file of that literal name."""
+    path = os.fspath(source)
+    name = os.path.basename(path)
+    return (
+        not _URL.match(path) and "%" in name and bool(_FRAME_NUMBER.search(name)) and not os.path.exists(path)
+    )
+
+
+def _is_image_demuxer(name: str) -> bool:
+    """Whether FFmpeg's demuxer ``name`` reads still images (one picture per file or per packet)."""
+    return name in _IMAGE_DEMUXERS or name.endswith("_pipe")
 
 
 def _reason(error: BaseException) -> str:
@@ -199,11 +226,10 @@ class VideoReader:
         self._container = None
         options: dict[str, str] = {}
         container_format = None
-        name = os.path.basename(self.path)
         if _URL.match(self.path):
             if self.path.lower().startswith(("rtsp://", "rtsps://")):
                 options["rtsp_transport"] = "tcp"
-        elif "%" in name and _FRAME_NUMBER.search(name) and not os.path.exists(self.path):
+        elif is_frame_pattern(self.path):
             if fps is None or not fps > 0:
                 raise StrgError(
                     f"cannot open video {self.path}: a frame-folder pattern needs its frame rate "
@@ -212,10 +238,9 @@ class VideoReader:
             container_format = "image2"
             options["framerate"] = str(Fraction(fps).limit_denominator(1001))
             options["start_number"] = str(_first_frame_number(self.path))
-        try:
-            self._container = av.open(self.path, format=container_format, options=options, timeout=timeout)
-        except (av.error.FFmpegError, OSError) as error:
-            raise StrgError(f"cannot open video {self.path}: {_reason(error)}") from None
+        self._open(container_format, options, timeout)
+        if container_format is None and _is_image_demuxer(self._container.format.name):
+            self._refuse_still_image(options, timeout)
         videos = self._container.streams.video
         if not videos:
             kinds = ", ".join(s.type for s in self._container.streams) or "none"
@@ -254,7 +279,40 @@ class VideoReader:
         self._damaged: list[tuple[float | None, int | None]] = []
         self._first_error: str | None = None
         self._keyframes: tuple[int, np.ndarray] | None = None
+        self._coverage: tuple[int, int] | None = None
         self._reformatter = VideoReformatter()
+
+    def _open(self, container_format: str | None, options: dict[str, str], timeout: float | None) -> None:
+        try:
+            self._container = av.open(self.path, format=container_format, options=options, timeout=timeout)
+        except (av.error.FFmpegError, OSError) as error:
+            raise StrgError(f"cannot open video {self.path}: {_reason(error)}") from None
+
+    def _refuse_still_image(self, options: dict[str, str], timeout: float | None) -> None:
+        """Raise StrgError when the container, opened by an image demuxer, holds fewer than two pictures;
+        otherwise reopen it (reading the pictures moved it past its start, and image demuxers seek badly)."""
+        demuxer = self._container.format.name
+        videos = self._container.streams.video
+        pictures = 0
+        if videos:
+            try:
+                for packet in self._container.demux(videos[0]):
+                    pictures += packet.size > 0
+                    if pictures >= 2:
+                        break
+            except av.error.FFmpegError:
+                pass
+        if pictures >= 2:
+            self.close()
+            self._open(None, options, timeout)
+            return
+        codec = videos[0].codec_context.name if videos and videos[0].codec_context is not None else "image"
+        self.close()
+        raise StrgError(
+            f"cannot open video {self.path}: it is a still image ({codec}, read by FFmpeg's {demuxer} "
+            "demuxer), not a video; a folder of frames is read through a pattern such as "
+            "folder/%05d.jpg with its frame rate"
+        )
 
     # ------------------------------------------------------------------ facts
 
@@ -306,12 +364,45 @@ class VideoReader:
 
     @property
     def duration(self) -> float | None:
-        """Seconds, from the stream when it says, else from the container; None when unknown."""
+        """Seconds, from the stream when it says, else from the container; None when unknown. For a
+        ``truncated`` file: the declared duration times the share of the indexed packets the file holds."""
+        seconds = self.declared_duration
+        held, indexed = self._index_coverage()
+        return seconds * held / indexed if seconds is not None and held < indexed else seconds
+
+    @property
+    def declared_duration(self) -> float | None:
+        """Seconds the stream (else the container) declares, even when the file is truncated."""
         if self._stream.duration:
             return self._stream.duration * self._time_base
         if self._container.duration:
             return self._container.duration / av.time_base
         return None
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the file ends before the data its index points to (a local file cut short whose index
+        sits at the front, as in an MP4 with its ``moov`` first). False when there is no index to tell."""
+        held, indexed = self._index_coverage()
+        return held < indexed
+
+    def _index_coverage(self) -> tuple[int, int]:
+        """(indexed packets of the stream that lie wholly inside the file, indexed packets); equal when
+        the source is not a local file or has no index. Only the last entry is read when it is inside."""
+        if self._coverage is None:
+            entries = self._stream.index_entries
+            count = len(entries)
+            size = None
+            if count and not _URL.match(self.path):
+                with contextlib.suppress(OSError):
+                    size = os.path.getsize(self.path)
+            last = entries[count - 1] if size is not None else None
+            if last is None or (last.pos >= 0 and last.pos + last.size <= size):
+                self._coverage = (count, count)
+            else:
+                known = [e.pos + e.size for e in entries if e.pos >= 0]
+                self._coverage = (sum(end <= size for end in known), len(known))
+        return self._coverage
 
     @property
     def declared_frames(self) -> int:

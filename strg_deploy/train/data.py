@@ -10,7 +10,13 @@ ground-truth boxes together, and returns::
     boxes   float32 [T', N, 4]      (only with box tracks: boxes of input frames stride * t, padded to N)
     mask    bool   [T', N]
     video   int64  []               (record index: scores of several views average per video)
-    skipped int64  []               (unreadable videos passed over to find this one; 0 normally)
+    skipped int64  []               (1 when the item's own video could not be read and the next readable
+                                     one took its place; 0 normally)
+
+An epoch's ``skipped`` values sum to the number of its videos that could not be read: a video is counted
+by its own item only, not again by every item that passes over it while looking for a replacement. A
+decoded-clip cache entry that cannot be read is rebuilt from its video (see ClipCache); a cache that
+cannot be written raises CacheError at once, never counted as an unreadable video.
 
 Randomness is seeded per (seed, epoch, item), so a run is reproducible whatever the worker count.
 """
@@ -24,7 +30,7 @@ import numpy as np
 import torch
 
 from strg_deploy.config import ModelConfig
-from strg_deploy.data.cache import ClipCache, DecodedVideo, duration_of, short_side_size
+from strg_deploy.data.cache import CacheError, ClipCache, DecodedVideo, Notice, duration_of, short_side_size
 from strg_deploy.data.datasets import BoxTracks, Dataset, VideoRecord
 from strg_deploy.data.sampling import SamplingConfig, View, test_views
 from strg_deploy.data.transforms import EvalTransform, TrainTransform
@@ -50,6 +56,8 @@ class ClipDataset(torch.utils.data.Dataset):
 
     train=True: one random clip per video per epoch (random span, random resized crop, flip where the
     dataset allows it). train=False: ``temporal_clips * spatial_crops`` fixed views per video.
+    cache: a ClipCache or its folder; on_notice: receives the one line that says a cache entry could not
+    be read and was rebuilt (see ClipCache; default: a ``warning:`` line on stderr).
     """
 
     def __init__(
@@ -62,6 +70,7 @@ class ClipDataset(torch.utils.data.Dataset):
         tracks: dict[str, BoxTracks] | None = None,
         cache: ClipCache | str | Path | None = None,
         seed: int = 0,
+        on_notice: Notice | None = None,
     ):
         if dataset.num_classes != cfg.num_classes:
             raise StrgError(
@@ -82,7 +91,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.epoch = 0
         self.short_side = loader.short_side or round(cfg.size * 8 / 7)
         if isinstance(cache, (str, Path)):
-            cache = ClipCache(cache, self.short_side)
+            cache = ClipCache(cache, self.short_side, on_notice=on_notice)
         self.cache = cache
         self.sampling = SamplingConfig(
             mode=loader.sampling, frames=cfg.frames, span_seconds=cfg.span_seconds, stride=loader.stride
@@ -102,20 +111,23 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         """The item's sample. In training an unreadable video is replaced by the next readable one and
-        ``skipped`` (int64 []) counts the videos passed over, so the loop can count them across workers
-        and stop when too many fail; in evaluation an unreadable video is an error."""
+        ``skipped`` (int64 []) is 1 for the item whose own video failed (each unreadable video counts
+        once), so the loop can count them across workers and stop when too many fail; in evaluation an
+        unreadable video is an error. A CacheError (the cache's fault, not the video's) is raised at once."""
         video_index, view_index = divmod(item, self.views_per_video)
         records = self.dataset.records
         attempts = len(records) if self.train else 1
-        for skipped in range(attempts):
-            index = (video_index + skipped) % len(records)
+        for attempt in range(attempts):
+            index = (video_index + attempt) % len(records)
             try:
                 sample = self._sample(index, item, view_index)
+            except CacheError:
+                raise
             except StrgError:
-                if skipped + 1 == attempts:
+                if attempt + 1 == attempts:
                     raise
                 continue
-            sample["skipped"] = torch.tensor(skipped)
+            sample["skipped"] = torch.tensor(int(attempt > 0))
             return sample
         raise AssertionError("unreachable")
 

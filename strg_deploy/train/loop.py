@@ -350,7 +350,7 @@ def fit(
         for batch in loader:
             fetched = time.perf_counter()
             waiting += fetched - tick
-            seen += len(batch["skipped"]) + int(batch["skipped"].sum())
+            seen += len(batch["skipped"])  # each item counts its own video once: 1 if it was unreadable
             unreadable += int(batch["skipped"].sum())
             if seen >= 100:  # judged early only on enough videos; always at the epoch's end
                 _check_unreadable(unreadable, seen, epoch, options.max_unreadable)
