@@ -30,7 +30,8 @@ the direction accuracy within pairs (of the videos whose prediction falls in the
 given the right direction), wall time, clips/s and the loader's share. A run already in the record with
 the same settings (preset, epochs, lr, split sizes; for strg-rpn also the RPN's epochs and lr) is not
 trained again, so a study spreads over machines that keep only the record. The report (at the end, or
---report alone) reads the record and prints mean ± std over seeds.
+--report alone) reads the record and prints mean ± population standard deviation (numpy's default,
+ddof=0) over seeds.
 
     python benchmarks/accuracy_study.py --data synth --cache cache --out study \\
         --epochs 10 --lr 0.02 --seeds 0 1 2 [--models frame i3d strg-rpn strg-gt] [--report]
@@ -344,7 +345,8 @@ def evaluate_run(args, model: str, seed: int, run: Path) -> dict:
 
 
 def mean_spread(values: list[float | None], scale: float = 100.0, digits: int = 1) -> str:
-    """ "m ± s" (population std) of the values that are not None, times scale; "-" when there are none."""
+    """ "m ± s" (population standard deviation, numpy's ddof=0) of the values that are not None, times
+    scale; "-" when there are none."""
     a = scale * np.asarray([v for v in values if v is not None], dtype=float)
     if not len(a):
         return "-"
@@ -367,7 +369,10 @@ def report(args) -> None:
                 add_to_record(args.record, entry)
             if entry is not None:
                 results.setdefault(model, []).append(entry)
-    print(f"\n{args.preset} preset, {args.epochs} epochs, lr {args.lr} at batch 8; mean ± std over seeds (%)")
+    print(
+        f"\n{args.preset} preset, {args.epochs} epochs, lr {args.lr} at batch 8; "
+        "mean ± population std over seeds (%)"
+    )
     header = [
         "model",
         "seeds",
@@ -395,7 +400,7 @@ def report(args) -> None:
             ]
         )
     print_rows(header, rows)
-    print("\nper-pair accuracy (both classes of the pair), mean ± std over seeds (%)")
+    print("\nper-pair accuracy (both classes of the pair), mean ± population std over seeds (%)")
     rows = []
     for p in range(len(CLASS_NAMES) // 2):
         name = f"{CLASS_NAMES[2 * p]} / {CLASS_NAMES[2 * p + 1]}"
@@ -404,7 +409,7 @@ def report(args) -> None:
             + [mean_spread([r["pairs"][str(p)]["accuracy"] for r in runs]) for runs in results.values()]
         )
     print_rows(["pair"] + list(results), rows)
-    print("\nper-class accuracy, mean ± std over the seeds that recorded it (%)")
+    print("\nper-class accuracy, mean ± population std over the seeds that recorded it (%)")
     rows = []
     for c, name in enumerate(CLASS_NAMES):
         rows.append(

@@ -338,7 +338,9 @@ def data_synth(
     ],
     train: Annotated[int, typer.Option("--train", min=0, help="Training videos.")] = 2000,
     validation: Annotated[int, typer.Option("--validation", min=0, help="Validation videos.")] = 500,
-    size: Annotated[int, typer.Option("--size", help="Frame width and height in pixels.")] = 112,
+    size: Annotated[
+        int, typer.Option("--size", help="Frame width and height in pixels (even, 32 to 5968).")
+    ] = 112,
     frames: Annotated[int, typer.Option("--frames", help="Frames per video.")] = 32,
     fps: Annotated[float, typer.Option("--fps", help="Frame rate of the written videos.")] = 12.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed: the same seed writes the same files.")] = 0,
@@ -348,22 +350,29 @@ def data_synth(
     ] = None,
 ) -> None:
     """Generate the synthetic relational benchmark: H.264 videos whose class depends on how objects
-    relate over time, Something-Something v2 style annotations and per-frame boxes of every object."""
-    from strg_deploy.data.synthetic import generate
+    relate over time, Something-Something v2 style annotations and per-frame boxes of every object.
 
-    with counting_progress("rendering videos") as advance:
-        summary = generate(
-            out,
-            videos_train=train,
-            videos_validation=validation,
-            size=size,
-            frames=frames,
-            fps=fps,
-            seed=seed,
-            pan=pan,
-            workers=workers,
-            progress=advance,
-        )
+    SIGTERM stops it between videos (the videos being written finish): `error: terminated`, status 143."""
+    from strg_deploy.data.synthetic import generate
+    from strg_deploy.processes import TERMINATED_EXIT_STATUS, Terminated
+
+    try:
+        with counting_progress("rendering videos") as advance:
+            summary = generate(
+                out,
+                videos_train=train,
+                videos_validation=validation,
+                size=size,
+                frames=frames,
+                fps=fps,
+                seed=seed,
+                pan=pan,
+                workers=workers,
+                progress=advance,
+            )
+    except Terminated as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(TERMINATED_EXIT_STATUS) from None
     console.print(
         f"wrote {summary.videos_train} training and {summary.videos_validation} validation videos "
         f"({len(summary.classes)} classes, {summary.bytes_written / 1e6:.1f} MB) to {out} "

@@ -82,6 +82,7 @@ def test_towers_fusion_runs_and_learns():
     assert len(head.gcn.towers) == 2
     assert head.gcn.towers[0][0].graphs == ("similarity",)
     assert head.gcn.towers[1][0].graphs == ("forward", "backward")
+    assert all(layer.separate_relu for tower in head.gcn.towers for layer in tower)
     logits = head(*head_inputs(cfg))
     assert logits.shape == (2, cfg.num_classes)
     logits.sum().backward()
@@ -227,3 +228,19 @@ def test_gcn_handles_single_clip_and_single_frame(batch, frames):
     forward, backward = space_time_graphs(boxes, mask)
     out = gcn(torch.randn(batch, frames, 2, 4), mask, forward, backward)
     assert out.shape == (batch, frames, 2, 4) and torch.isfinite(out).all()
+
+
+def test_towers_head_exports_and_matches_onnxruntime():
+    ort = pytest.importorskip("onnxruntime")
+    from strg_deploy.export.onnx import ExportOptions, example_inputs, export_network
+    from strg_deploy.models.strg import build_model
+
+    torch.manual_seed(11)
+    model = build_model(tiny(fusion="towers", residual=True, layer_norm=True).with_classes(["a", "b", "c"]))
+    proto = export_network(model.eval(), "head", ExportOptions(max_batch=2))
+    inputs = example_inputs(model, seed=3)["head"]
+    (logits,) = ort.InferenceSession(proto.SerializeToString()).run(
+        None, {k: v.numpy() for k, v in inputs.items()}
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(logits), model.head(**inputs), rtol=1e-5, atol=1e-5)

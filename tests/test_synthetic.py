@@ -366,3 +366,76 @@ def test_bad_arguments_raise_the_library_error(tmp_path, args):
     with pytest.raises(StrgError):
         synth.generate(tmp_path, **kwargs)
     assert not (tmp_path / synth.LABELS_FILE).exists()
+
+
+# ------------------------------------------------------------------ checks before any work, stale files
+
+
+def test_a_size_beyond_the_codec_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(StrgError, match=f"from 32 to {synth.MAX_SIZE}"):
+        synth.generate(out, videos_train=1, videos_validation=0, size=100_000)
+    assert not out.exists()
+    from typer.testing import CliRunner
+
+    from strg_deploy.cli import app
+
+    result = CliRunner().invoke(app, ["data", "synth", str(out), "--size", "100000"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("error: size must be an even number") and not out.exists()
+
+
+def test_videos_that_do_not_fit_in_memory_are_refused_before_any_work(tmp_path, monkeypatch):
+    assert synth.available_memory() > 0  # read from the machine (/proc/meminfo here)
+    out = tmp_path / "out"
+    # no machine holds a 5968 x 5968 video of ten million frames (1.7e16 bytes)
+    with pytest.raises(StrgError, match=r"needs about .* of memory to render"):
+        synth.generate(out, videos_train=1, videos_validation=0, size=synth.MAX_SIZE, frames=10_000_000)
+    assert not out.exists()
+    monkeypatch.setattr(synth, "available_memory", lambda: 2**30)
+    assert synth.render_bytes(512, 32) == 48 * 512 * 512 * 32  # 0.375 GiB: two fit in 1 GiB
+    with pytest.raises(StrgError, match="4 workers .* need about 1.5 GiB .* use --workers 2"):
+        synth.generate(out, videos_train=4, videos_validation=0, size=512, frames=32, workers=4)
+    assert synth._fit_workers(512, 32, 4, chosen=False) == 2  # the default count shrinks to what fits
+    assert synth._fit_workers(512, 32, 2, chosen=True) == 2
+    assert not out.exists()
+
+
+def test_an_out_that_cannot_be_a_folder_is_refused_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from strg_deploy.cli import app
+
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    for out in (afile, afile / "below"):
+        with pytest.raises(StrgError, match="is not a folder"):
+            synth.generate(out, videos_train=1, videos_validation=0, size=32, frames=4, workers=1)
+        result = CliRunner().invoke(app, ["data", "synth", str(out), "--train", "1", "--size", "32"])
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert result.output.startswith(f"error: cannot write to {out}")
+    assert afile.read_text() == "keep"
+
+
+def test_temporary_files_of_a_killed_run_are_removed(tmp_path):
+    stale = [tmp_path / "videos" / ".3.mp4.k2j4x.tmp", tmp_path / f".{synth.BOXES_FILE}.a8c1.tmp"]
+    stale[0].parent.mkdir()
+    for path in stale:
+        path.write_bytes(b"half")
+    (tmp_path / "videos" / "notes.tmp").write_text("not ours")
+    synth.generate(tmp_path, videos_train=2, videos_validation=0, size=32, frames=4, workers=1)
+    assert not any(path.exists() for path in stale)
+    assert (tmp_path / "videos" / "notes.tmp").exists() and (tmp_path / synth.BOXES_FILE).exists()
+
+
+def _die(job):
+    import os
+
+    os._exit(3)
+
+
+def test_a_worker_that_dies_is_one_error_and_leaves_no_temporary_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(synth, "_make_video", _die)  # inherited by the forked workers
+    with pytest.raises(StrgError, match="a rendering process ended unexpectedly"):
+        synth.generate(tmp_path, videos_train=4, videos_validation=0, size=32, frames=4, workers=2)
+    assert not list(tmp_path.rglob("*.tmp")) and not (tmp_path / synth.BOXES_FILE).exists()

@@ -80,14 +80,16 @@ to the frame, null where less than one pixel's worth of the object is visible (h
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import io
+import itertools
 import json
 import math
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -97,7 +99,8 @@ import av
 import numpy as np
 
 from strg_deploy.errors import StrgError
-from strg_deploy.fileio import atomic_path, atomic_write_text
+from strg_deploy.fileio import atomic_path, atomic_write_text, writable_folder
+from strg_deploy.processes import Terminated, process_pool, sigterm_requests
 
 TEMPLATES: tuple[str, ...] = (
     "Moving [something] from left to right",
@@ -489,13 +492,80 @@ def _background(rng: np.random.Generator, side: int, size: int) -> np.ndarray:
     return np.clip(canvas, 0, 255).astype(np.float32)
 
 
+MAX_SIZE = 5968
+"""The largest frame side: H.264's highest level (6.2) allows 139,264 macroblocks of 16 x 16 pixels per
+frame, and ceil(5968 / 16)^2 = 373^2 = 139,129 is the largest square count within it."""
+
+RENDER_BYTES_PER_PIXEL = 48
+"""Peak memory of drawing and encoding one video, in bytes per pixel of each of its frames (the float32
+layers of :func:`render` and their temporaries, the uint8 frames, the encoder): 45 measured (peak RSS,
+CPython 3.11, numpy 2.4, x86_64, sizes 512-2048), rounded up."""
+
+
 def _check_geometry(size: int, frames: int) -> None:
-    if size < 32 or size % 2:
+    if size < 32 or size % 2 or size > MAX_SIZE:
         raise StrgError(
-            f"size must be an even number of pixels >= 32 (H.264 4:2:0 needs even sides), got {size}"
+            f"size must be an even number of pixels from 32 to {MAX_SIZE} (H.264 4:2:0 needs even sides; "
+            f"its largest level holds a {MAX_SIZE}x{MAX_SIZE} frame), got {size}"
         )
     if frames < 4:
         raise StrgError(f"frames must be >= 4, got {frames}")
+
+
+def render_bytes(size: int, frames: int) -> int:
+    """Peak memory (bytes) of drawing and encoding one ``size`` x ``size`` video of ``frames`` frames."""
+    return RENDER_BYTES_PER_PIXEL * size * size * frames
+
+
+def available_memory() -> int | None:
+    """Bytes of memory that can still be allocated: MemAvailable of /proc/meminfo, or less under a
+    cgroup v2 memory limit (the container's own); elsewhere the free physical pages; None if unknown."""
+    available = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        if limit != "max":
+            available = min(available, max(int(limit) - int(used), 0))
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes < 2**40 else f"{nbytes / 2**40:,.0f} TiB"
+
+
+def _fit_workers(size: int, frames: int, workers: int, chosen: bool) -> int:
+    """The workers that can render at once in the memory available: ``workers`` when they fit; fewer when
+    the count was not ``chosen`` by the caller; StrgError (before any work) otherwise."""
+    need, available = render_bytes(size, frames), available_memory()
+    if available is None or workers * need <= available:
+        return workers
+    if need > available:
+        raise StrgError(
+            f"a {size}x{size} video of {frames} frames needs about {_gib(need)} of memory to render, and "
+            f"{_gib(available)} is available: use a smaller --size or fewer --frames"
+        )
+    fits = int(available // need)
+    if chosen:
+        raise StrgError(
+            f"{workers} workers rendering {size}x{size} videos of {frames} frames need about "
+            f"{_gib(workers * need)} of memory, and {_gib(available)} is available: use --workers {fits}"
+        )
+    return fits
 
 
 def sample_scene(
@@ -717,6 +787,72 @@ class SynthSummary:
         return self.videos_train + self.videos_validation
 
 
+def _remove_temporaries(out: Path) -> None:
+    """Remove the temporary files (``.<name>.*.tmp``, see :func:`atomic_path`) of writes that a run
+    killed part-way left in ``out`` and ``out/videos``."""
+    for name in (BOXES_FILE, LABELS_FILE, *SPLIT_FILES.values()):
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+    for tmp in (out / VIDEOS_DIR).glob(".*.mp4.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+_POLL_SECONDS = 0.2  # how often the parent looks for a SIGTERM while it waits for a video
+
+
+def _render_all(
+    jobs: list[_Job],
+    workers: int,
+    progress: Callable[[int, int], None] | None,
+    stop: Callable[[], bool],
+) -> list[tuple[dict[str, Any], dict[str, Any], int]]:
+    """:func:`_make_video` of every job, in order, on ``workers`` processes (in this one for 1).
+
+    ``stop()`` is looked at between videos (at least every 0.2 s): when it says True, pending videos are
+    cancelled, running ones finish (each is written whole or not at all), the pool is shut and
+    :class:`Terminated` is raised. A worker that dies (killed, out of memory) ends the run with StrgError.
+    """
+    total = len(jobs)
+    results = []
+    if workers == 1:
+        for job in jobs:
+            if stop():
+                raise Terminated()
+            results.append(_make_video(job))
+            if progress:
+                progress(len(results), total)
+        return results
+    upcoming = iter(jobs)
+    pool = process_pool(workers)
+    try:
+        # a few jobs per worker in flight: results come back in order, memory stays flat
+        first = itertools.islice(upcoming, 4 * workers)
+        pending = collections.deque(pool.submit(_make_video, job) for job in first)
+        while pending:
+            future = pending.popleft()
+            while True:
+                if stop():
+                    raise Terminated()
+                try:
+                    results.append(future.result(timeout=_POLL_SECONDS))
+                    break
+                except concurrent.futures.TimeoutError:
+                    continue
+            pending.extend(pool.submit(_make_video, job) for job in itertools.islice(upcoming, 1))
+            if progress:
+                progress(len(results), total)
+    except BrokenProcessPool:
+        if stop():
+            raise Terminated() from None
+        raise StrgError(
+            "a rendering process ended unexpectedly (killed, or out of memory); the videos written so far "
+            "are whole: run the command again"
+        ) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
 def _json_list(entries: list[dict[str, Any]]) -> str:
     if not entries:
         return "[]\n"
@@ -740,8 +876,16 @@ def generate(
 
     Video ids are "1".."videos_train" for the training split and continue for validation. Videos are
     written first, then boxes.jsonl, the split files and the labels file, each atomically; a second run
-    with the same arguments rewrites the same bytes. ``workers``: processes (default os.cpu_count());
-    ``progress(done, total)`` is called after every video.
+    with the same arguments rewrites the same bytes. ``workers``: processes (default os.cpu_count(), or
+    fewer when the memory available holds fewer videos being rendered at once); they end with the
+    calling process however it ends (:mod:`strg_deploy.processes`). ``progress(done, total)`` is called
+    after every video.
+
+    Before any work: the arguments are checked, ``out`` must be a folder that takes files (or can be
+    created), and the videos must fit in the memory available (about :data:`RENDER_BYTES_PER_PIXEL` bytes
+    per pixel of every frame, per worker); StrgError otherwise. Temporary files a killed run left in
+    ``out`` are removed. SIGTERM (in the main thread) stops the run between videos: pending videos are
+    cancelled, running ones finish, the index files are not written and :class:`Terminated` is raised.
     """
     _check_geometry(size, frames)
     if videos_train < 0 or videos_validation < 0 or videos_train + videos_validation == 0:
@@ -752,12 +896,12 @@ def generate(
         raise StrgError(f"fps must be positive, got {fps}")
     if seed < 0:
         raise StrgError(f"seed must be >= 0, got {seed}")
+    chosen = workers is not None
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise StrgError(f"workers must be >= 1, got {workers}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise StrgError(f"{out} exists and is not a folder")
+    out = writable_folder(Path(out_dir))
+    workers = _fit_workers(size, frames, min(workers, videos_train + videos_validation), chosen)
     started = time.perf_counter()
     jobs = []
     first_id = {"train": 1, "validation": videos_train + 1}
@@ -765,27 +909,17 @@ def generate(
         for index, label in enumerate(split_labels(seed, split, count).tolist()):
             video_id = str(first_id[split] + index)
             jobs.append(_Job(str(out), video_id, split, index, label, size, frames, float(fps), seed, pan))
-    total = len(jobs)
-    workers = min(workers, total)
+    if out.is_dir():
+        _remove_temporaries(out)
     if progress:
-        progress(0, total)
-    results = []
-    if workers == 1:
-        for done, job in enumerate(jobs, 1):
-            results.append(_make_video(job))
-            if progress:
-                progress(done, total)
-    else:
-        chunk = max(1, min(8, total // (workers * 8)))
-        # fork: the workers need only numpy and PyAV, and it works whatever the main module is (spawn
-        # re-imports it, which fails for stdin and re-runs unguarded scripts).
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for done, result in enumerate(pool.map(_make_video, jobs, chunksize=chunk), 1):
-                results.append(result)
-                if progress:
-                    progress(done, total)
+        progress(0, len(jobs))
+    with sigterm_requests() as stop:
+        try:
+            results = _render_all(jobs, workers, progress, stop)
+        except (Terminated, StrgError):
+            if out.is_dir():
+                _remove_temporaries(out)  # of workers killed with the run (the pool is shut by now)
+            raise
     written = sum(nbytes for _, _, nbytes in results)
     boxes_text = "".join(json.dumps(record, separators=(",", ":")) + "\n" for _, record, _ in results)
     atomic_write_text(out / BOXES_FILE, boxes_text)

@@ -37,6 +37,7 @@ from strg_deploy.data.transforms import EvalTransform, TrainTransform
 from strg_deploy.data.video import open_video
 from strg_deploy.errors import StrgError
 from strg_deploy.models.proposals import pad_to_n
+from strg_deploy.processes import loader_worker_init
 
 
 @dataclass(frozen=True)
@@ -213,5 +214,6 @@ def make_loader(
         generator=generator,
         drop_last=dataset.train,
         persistent_workers=False,
+        worker_init_fn=loader_worker_init(),
         pin_memory=False,
     )

@@ -23,6 +23,7 @@ from torch import nn
 
 from strg_deploy.errors import StrgError
 from strg_deploy.fileio import atomic_write_text
+from strg_deploy.processes import loader_worker_init
 from strg_deploy.train.checkpoint import TrainPosition, load_checkpoint, remove_stale_saves, save_checkpoint
 from strg_deploy.train.data import ClipDataset
 from strg_deploy.train.metrics import VideoScores, evaluate
@@ -214,7 +215,9 @@ def video_scores(
     model.eval()
     scores = VideoScores()
     share = torch.utils.data.Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
-    loader = torch.utils.data.DataLoader(share, batch_size=batch_size, num_workers=workers)
+    loader = torch.utils.data.DataLoader(
+        share, batch_size=batch_size, num_workers=workers, worker_init_fn=loader_worker_init()
+    )
     with torch.inference_mode():
         for batch in loader:
             batch = _to(batch, device)
@@ -340,6 +343,7 @@ def fit(
             sampler=sampler,
             num_workers=options.workers,
             drop_last=True,
+            worker_init_fn=loader_worker_init(),
         )
         model.train()
         if options.freeze_bn:

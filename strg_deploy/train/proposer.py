@@ -44,6 +44,7 @@ from strg_deploy.models.proposals import (
 )
 from strg_deploy.models.serialization import save_tensors
 from strg_deploy.models.strg import rpn_frames
+from strg_deploy.processes import loader_worker_init
 from strg_deploy.train.checkpoint import TrainPosition, load_checkpoint, save_checkpoint
 from strg_deploy.train.data import ClipDataset
 from strg_deploy.train.loop import EpochSampler, TrainOptions, choose_device, distributed, sum_over_ranks
@@ -401,7 +402,10 @@ def fit_proposer(
     scheduler = warmup_cosine(optimizer, total, warmup)
     val_share = torch.utils.data.Subset(val_set, range(rank, len(val_set), world)) if world > 1 else val_set
     val_loader = torch.utils.data.DataLoader(
-        val_share, batch_size=options.batch_size, num_workers=options.workers
+        val_share,
+        batch_size=options.batch_size,
+        num_workers=options.workers,
+        worker_init_fn=loader_worker_init(),
     )
     position = TrainPosition(seed=options.seed)
     lines: list[str] = []
@@ -423,6 +427,7 @@ def fit_proposer(
             ),
             num_workers=options.workers,
             drop_last=True,
+            worker_init_fn=loader_worker_init(),
         )
         model.train()
         recent: collections.deque[Tensor] = collections.deque(maxlen=NORM_BATCHES)
