@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,11 @@ def alternating_inflate(blocks: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
         start = 0 if stage == len(blocks) - 1 else 1
         pattern.append(tuple((start + i) % 2 if stage > 0 else 1 for i in range(count)))
     return tuple(pattern)
+
+
+def _check_std(what: str, std: tuple[float, ...]) -> None:
+    if not all(v > 0 for v in std):
+        raise StrgError(f"{what} std must be positive (the graph divides by it), got {list(std)}")
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,13 @@ class BackboneConfig:
             )
         if self.width <= 0 or self.out_dim <= 0:
             raise StrgError("backbone width and out_dim must be positive")
+        if min(self.conv1_kernel) < 1 or self.temporal_pool < 0 or self.res5_dilation < 1:
+            raise StrgError(
+                "backbone conv1_kernel sizes and res5_dilation must be positive, temporal_pool at least 0"
+            )
+        if not all(v in (0, 1) for stage in self.inflate for v in stage):
+            raise StrgError("backbone inflate entries must be 0 or 1")
+        _check_std("backbone", self.std)
 
 
 @dataclass(frozen=True)
@@ -143,6 +158,11 @@ class ProposalConfig:
             raise StrgError(f"detector must be one of {list(DETECTORS)}, got {self.detector!r}")
         if not 0.0 < self.nms_threshold <= 1.0:
             raise StrgError(f"nms_threshold must be in (0, 1], got {self.nms_threshold}")
+        if self.pre_nms_top_n <= 0:
+            raise StrgError(f"pre_nms_top_n must be positive, got {self.pre_nms_top_n}")
+        if not 0.0 <= self.score_threshold <= 1.0 or self.min_size < 0:
+            raise StrgError("proposals: score_threshold must be in [0, 1] and min_size at least 0")
+        _check_std("proposals", self.std)
 
 
 @dataclass(frozen=True)
@@ -152,7 +172,9 @@ class HeadConfig:
     ``BackboneConfig.out_dim``, pooling over valid nodes, fusion with the global pool, a classifier.
 
     ``fusion="sum"`` is the paper's form (each layer sums G_g X W_g over the three graphs);
-    ``"towers"`` is the public reproduction's late fusion of a similarity tower and a space-time tower.
+    ``"towers"`` is the late fusion of the public reproduction (github.com/jd730/STRG): a similarity
+    tower, Z = ReLU(G_sim X W), and a space-time tower, Z = ReLU(G_fwd X W_fwd) + ReLU(G_bwd X W_bwd)
+    (a ReLU on each term), their outputs summed.
     """
 
     layers: int = 3
@@ -170,6 +192,10 @@ class HeadConfig:
             raise StrgError(f"head needs at least one graph layer, got {self.layers}")
         if self.sampling_ratio < 1:
             raise StrgError("sampling_ratio must be explicit (>= 1): runtimes disagree on the adaptive 0")
+        if self.roi_size < 1:
+            raise StrgError(f"head roi_size must be positive, got {self.roi_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise StrgError(f"head dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -222,6 +248,8 @@ class ModelConfig:
             raise StrgError(f"frames must be a positive multiple of {stride}, got {self.frames}")
         if self.size % self.backbone.spatial_stride or self.size <= 0:
             raise StrgError(f"size must be a positive multiple of 16, got {self.size}")
+        if not self.span_seconds > 0:
+            raise StrgError(f"span_seconds must be positive, got {self.span_seconds}")
         if not self.classes:
             raise StrgError("a model needs at least one class")
         if len(set(self.classes)) != len(self.classes):
@@ -246,14 +274,20 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Rebuild a config from :meth:`to_dict` output; unknown or missing keys are errors."""
+        """Rebuild a config from :meth:`to_dict` output (plain JSON values). Unknown keys, a missing
+        ``preset`` and a value that does not fit its field's annotation are errors naming the dotted field
+        (``backbone.width: expected an integer, got "eight"``); other missing keys take their default."""
+        if not isinstance(data, dict):
+            raise StrgError(f"malformed model config: expected an object, got {_shown(data)}")
         data = dict(data)
         schema = data.pop("schema", CONFIG_SCHEMA)
         if schema != CONFIG_SCHEMA:
-            raise StrgError(f"config schema {schema} is not supported (this version reads {CONFIG_SCHEMA})")
+            raise StrgError(
+                f"config schema {_shown(schema)} is not supported (this version reads {CONFIG_SCHEMA})"
+            )
         try:
-            return _build(cls, data).validate()
-        except (TypeError, ValueError) as err:
+            return _build(cls, data, "").validate()
+        except _ConfigValueError as err:
             raise StrgError(f"malformed model config: {err}") from None
 
     def to_json(self) -> str:
@@ -265,6 +299,8 @@ class ModelConfig:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise StrgError(f"config is not valid JSON: {err}") from None
+        except (ValueError, RecursionError) as err:  # integers of over 4300 digits, nesting too deep
+            raise StrgError(f"config is not valid JSON: {type(err).__name__}: {str(err)[:80]}") from None
         if not isinstance(data, dict):
             raise StrgError("config JSON must be an object")
         return cls.from_dict(data)
@@ -284,31 +320,126 @@ class ModelConfig:
             text = path.read_text(encoding="utf-8")
         except OSError as err:
             raise StrgError(f"cannot read model config {path}: {err.strerror}") from None
-        return cls.from_json(text)
+        except UnicodeDecodeError as err:
+            raise StrgError(
+                f"model config {path} is not UTF-8 JSON text: {err.reason} at byte {err.start}"
+            ) from None
+        try:
+            return cls.from_json(text)
+        except StrgError as err:
+            raise StrgError(f"{path}: {err}") from None
 
 
-def _build(cls: type, data: dict[str, Any]) -> Any:
-    """Construct a (nested) frozen dataclass from plain JSON values: lists become tuples."""
+class _ConfigValueError(ValueError):
+    """A JSON value that does not fit a config field (the message names the dotted field)."""
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A JSON value as the file would show it, cut to ``limit`` characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Construct a (nested) frozen dataclass from plain JSON values, each checked against its field's
+    annotation (lists become tuples); ``where`` is the dotted path of ``cls`` ("" at the top)."""
+    hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = set(data) - set(fields)
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"unknown keys {sorted(unknown)} for {cls.__name__}")
-    kwargs = {}
-    for name, value in data.items():
-        default = fields[name].default
-        if dataclasses.is_dataclass(default):
-            if not isinstance(value, dict):
-                raise ValueError(f"{cls.__name__}.{name} must be an object")
-            kwargs[name] = _build(type(default), value)
+        raise _ConfigValueError(f"unknown keys {unknown} in {where.rstrip('.') or 'the config'}")
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise _ConfigValueError(f"missing keys {[where + name for name in missing]}")
+    return cls(**{name: _checked(value, hints[name], where + name) for name, value in data.items()})
+
+
+def _expected(hint: Any) -> str:
+    """Words for what an annotation accepts: ``a list of 3 integers``, ``an integer or null``..."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return "an object"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _expected(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_plural(args[0])}"
+        return f"a list of {len(args)} {_plural(args[0])}" if len(set(args)) == 1 else "a list"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
+
+
+def _plural(hint: Any) -> str:
+    words = _expected(hint)
+    for singular, plural in (("an integer", "integers"), ("a number", "numbers"), ("a string", "strings")):
+        if words == singular:
+            return plural
+    return words.replace("a list of", "lists of", 1) if words.startswith("a list of") else words
+
+
+def _checked(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the field annotated ``hint`` holds it (lists -> tuples, ints -> floats for float
+    fields); _ConfigValueError naming ``where`` when it does not fit."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+
+    def wrong() -> _ConfigValueError:
+        return _ConfigValueError(f"{where}: expected {_expected(hint)}, got {_shown(value)}")
+
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise wrong()
+        return _build(hint, value, where + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _checked(value, arg, where)
+            except _ConfigValueError:
+                continue
+        raise wrong()
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise wrong()
+        if len(args) == 2 and args[1] is Ellipsis:
+            items = args[:1] * len(value)
+        elif len(value) != len(args):
+            raise wrong()
         else:
-            kwargs[name] = _tuples(value)
-    return cls(**kwargs)
-
-
-def _tuples(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value
+            items = args
+        pairs = enumerate(zip(value, items, strict=True))
+        return tuple(_checked(v, a, f"{where}[{i}]") for i, (v, a) in pairs)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise wrong()
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong()
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise wrong()
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise _ConfigValueError(f"{where}: expected a finite number, got {_shown(value)}")
+        return number
+    if hint is str:
+        if not isinstance(value, str):
+            raise wrong()
+        return value
+    raise TypeError(f"{where}: config fields of type {hint!r} are not supported")  # a bug here, not input
 
 
 # A finer RPN grid for small frames: MobileNetV3 stages 2-4 feed the FPN (strides 8, 16, 32 plus the pooled

@@ -117,3 +117,112 @@ def test_atomic_path_gives_plain_permissions_when_the_writer_sets_its_own(tmp_pa
     assert (tmp_path / "weights.bin").stat().st_mode & 0o777 == (
         tmp_path / "plain.bin"
     ).stat().st_mode & 0o777
+
+
+def _tiny_with(change) -> dict:
+    data = preset("tiny").to_dict()
+    change(data)
+    return data
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(frames="eight"), 'frames: expected an integer, got "eight"'),
+        (lambda d: d["backbone"].update(width="eight"), 'backbone.width: expected an integer, got "eight"'),
+        (lambda d: d["backbone"].update(width=True), "backbone.width: expected an integer, got true"),
+        (lambda d: d["backbone"].update(width=8.5), "backbone.width: expected an integer, got 8.5"),
+        (lambda d: d.update(multi_label=0), "multi_label: expected true or false, got 0"),
+        (lambda d: d.update(span_seconds="2"), 'span_seconds: expected a number, got "2"'),
+        (lambda d: d.update(span_seconds=float("inf")), "span_seconds: expected a finite number"),
+        (lambda d: d.update(classes="abc"), 'classes: expected a list of strings, got "abc"'),
+        (lambda d: d.update(classes=["a", 2]), r"classes\[1\]: expected a string, got 2"),
+        (
+            lambda d: d["backbone"].update(conv1_kernel=[3, 7]),
+            r"backbone.conv1_kernel: expected a list of 3 integers, got \[3, 7\]",
+        ),
+        (
+            lambda d: d["backbone"].update(inflate=[[1, 1], [1, None], [1, 0], [0, 1]]),
+            r"backbone.inflate\[1\]\[1\]: expected an integer, got null",
+        ),
+        (
+            lambda d: d["proposals"].update(anchor_sizes=[8, 16]),
+            r"proposals.anchor_sizes\[0\]: expected a list of integers, got 8",
+        ),
+        (lambda d: d["proposals"].update(mean=[0.5, 0.5]), "proposals.mean: expected a list of 3 numbers"),
+        (lambda d: d.update(head=[]), r"head: expected an object, got \[\]"),
+        (lambda d: d.pop("preset"), r"missing keys \['preset'\]"),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_its_dotted_field(change, message):
+    with pytest.raises(StrgError, match=message):
+        ModelConfig.from_dict(_tiny_with(change))
+
+
+def test_float_fields_take_integers_and_missing_keys_take_defaults():
+    cfg = ModelConfig.from_dict(_tiny_with(lambda d: d.update(span_seconds=2)))
+    assert cfg.span_seconds == 2.0 and isinstance(cfg.span_seconds, float)
+    assert cfg == preset("tiny")
+    assert ModelConfig.from_dict({"preset": "custom"}) == ModelConfig(preset="custom")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(span_seconds=0), "span_seconds must be positive"),
+        (lambda d: d["backbone"].update(std=[0.2, 0.0, 0.2]), "backbone std must be positive"),
+        (lambda d: d["backbone"].update(conv1_kernel=[0, 7, 7]), "conv1_kernel"),
+        (lambda d: d["backbone"].update(inflate=[[1, 1], [1, 2], [1, 0], [0, 1]]), "0 or 1"),
+        (lambda d: d["proposals"].update(pre_nms_top_n=0), "pre_nms_top_n must be positive"),
+        (lambda d: d["proposals"].update(score_threshold=1.5), "score_threshold"),
+        (lambda d: d["head"].update(roi_size=0), "roi_size must be positive"),
+        (lambda d: d["head"].update(dropout=1.0), r"dropout must be in \[0, 1\)"),
+    ],
+)
+def test_values_out_of_range_are_refused(change, message):
+    with pytest.raises(StrgError, match=message):
+        ModelConfig.from_dict(_tiny_with(change))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON: RecursionError"),  # nesting beyond the parser
+        ('{"preset": "x", "frames": ' + "1" * 5000 + "}", "not valid JSON: ValueError"),  # > 4300 digits
+        ('{"preset": "x", "schema": 2}', "schema 2 is not supported"),
+        ("[1, 2]", "must be an object"),
+    ],
+)
+def test_json_the_parser_refuses_is_one_error(text, message):
+    with pytest.raises(StrgError, match=message):
+        ModelConfig.from_json(text)
+
+
+def test_a_binary_file_given_as_config_is_one_error_naming_it(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"__metadata__"\xff\xfe\x00\x01')
+    with pytest.raises(StrgError, match=f"model config {path} is not UTF-8 JSON text"):
+        ModelConfig.load(path)
+
+
+def test_load_names_the_file_of_a_malformed_config(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(_tiny_with(lambda d: d["backbone"].update(width="eight"))))
+    with pytest.raises(StrgError) as err:
+        ModelConfig.load(tmp_path)
+    assert str(err.value) == (
+        f'{path}: malformed model config: backbone.width: expected an integer, got "eight"'
+    )
+
+
+def test_cli_prints_one_line_for_a_binary_config(tmp_path):
+    from typer.testing import CliRunner
+
+    from strg_deploy.cli import app
+
+    path = tmp_path / "garbage.safetensors"
+    path.write_bytes(bytes(range(256)))
+    result = CliRunner().invoke(app, ["model", "summary", "--config", str(path)])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "is not UTF-8 JSON text" in lines[0] and "Traceback" not in result.output

@@ -112,7 +112,10 @@ class Skipped:
     detail: str = ""
 
     def __str__(self) -> str:
-        return f"{self.entry}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
+        """One line, whatever the file held: an entry or detail with line breaks or other unprintable
+        characters is shown as a Python string literal."""
+        entry, detail = (text if text.isprintable() else repr(text) for text in (self.entry, self.detail))
+        return f"{entry}: {self.reason}" + (f" ({detail})" if detail else "")
 
 
 @dataclass(frozen=True)
@@ -297,14 +300,20 @@ def _read_text(path: Path) -> str:
         raise StrgError(f"cannot read annotation file {path}: {err.strerror}") from None
 
 
-def _read_json(path: Path) -> Any:
-    text = _read_text(path)
+def _loads(text: str, where: str, one_line: bool = False) -> Any:
+    """JSON text -> value; StrgError naming ``where`` for anything the parser refuses (syntax, integers of
+    more than 4300 digits, nesting deeper than the interpreter's recursion limit)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise StrgError(
-            f"malformed JSON in {path}: {err.msg} at line {err.lineno} column {err.colno}"
-        ) from None
+        at = f"column {err.colno}" if one_line else f"line {err.lineno} column {err.colno}"
+        raise StrgError(f"malformed JSON in {where}: {err.msg} at {at}") from None
+    except (ValueError, RecursionError) as err:
+        raise StrgError(f"malformed JSON in {where}: {type(err).__name__}: {str(err)[:80]}") from None
+
+
+def _read_json(path: Path) -> Any:
+    return _loads(_read_text(path), str(path))
 
 
 def _list_dir(path: Path, what: str) -> set[str]:
@@ -401,18 +410,38 @@ def ssv2_class_of_template(template: str) -> str:
     return template.replace("[", "").replace("]", "")
 
 
+def _cut(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _class_index(value: Any) -> int | None:
+    """A label list's index ("12", 12 or 12.0) as int; None for anything else (1.5, true, Infinity...)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:  # not a number, or more than 4300 digits
+            return None
+    return None
+
+
 def _read_ssv2_labels(path: Path) -> tuple[str, ...]:
     data = _read_json(path)
     if not isinstance(data, dict) or not data:
         raise StrgError(f"malformed label list {path}: expected a JSON object mapping class text to index")
     by_index: dict[int, str] = {}
     for text, index in data.items():
-        try:
-            i = int(index)
-        except (TypeError, ValueError):
+        i = _class_index(index)
+        if i is None:
             raise StrgError(
-                f"malformed label list {path}: index {index!r} of {text!r} is not a number"
-            ) from None
+                f"malformed label list {path}: index {_cut(repr(index))} of {_cut(repr(text))} is not a "
+                "number 0, 1, 2, ..."
+            )
         if i in by_index:
             raise StrgError(f"malformed label list {path}: index {i} used by {by_index[i]!r} and {text!r}")
         by_index[i] = text
@@ -708,7 +737,11 @@ def read_charades(
     split_path = ann / CHARADES_SPLIT_FILES[split]
     text = _read_text(split_path)
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = reader.fieldnames or []
+    try:
+        header = reader.fieldnames or []
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as err:  # e.g. an unclosed quote running past the module's field size limit
+        raise StrgError(f"malformed CSV in {split_path} at line {reader.line_num}: {err}") from None
     missing = [c for c in CHARADES_COLUMNS if c not in header]
     if missing:
         raise StrgError(f"malformed Charades file {split_path}: header lacks {', '.join(missing)}")
@@ -725,8 +758,8 @@ def read_charades(
 
     name = "charades"
     out = _Collector(f"{name} {split} ({split_path})", strict)
-    for row in reader:
-        where = f"{split_path.name}:{reader.line_num}"
+    for line_num, row in rows:
+        where = f"{split_path.name}:{line_num}"
         if None in row or any(row.get(c) is None for c in CHARADES_COLUMNS):
             out.skip(where, BAD_ENTRY, "wrong number of fields")
             continue
@@ -943,49 +976,65 @@ class BoxTracks:
         return self.boxes[idx], self.valid[idx]
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number that fits a float32 (bools, NaN, infinities and 400-digit integers do not)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return abs(float(value)) <= _FLOAT32_MAX
+    except OverflowError:
+        return False
+
+
+def _whole(value: Any) -> int | None:
+    """A JSON integer (or a float with an integral value, as some writers give) as int; else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def _parse_box_line(obj: Any, where: str) -> BoxTracks:
     if not isinstance(obj, dict):
         raise StrgError(f"{where}: expected a JSON object")
-    try:
-        vid = obj["id"]
-        fps = float(obj["fps"])
-        width, height, frames = int(obj["width"]), int(obj["height"]), int(obj["frames"])
-        objects = obj["objects"]
-    except KeyError as err:
-        raise StrgError(f"{where}: missing field {err.args[0]!r}") from None
-    except (TypeError, ValueError) as err:
-        raise StrgError(f"{where}: bad value: {err}") from None
-    if not isinstance(vid, str | int) or vid == "":
+    for key in ("id", "fps", "width", "height", "frames", "objects"):
+        if key not in obj:
+            raise StrgError(f"{where}: missing field {key!r}")
+    vid, fps, objects = obj["id"], obj["fps"], obj["objects"]
+    width, height, frames = (_whole(obj[key]) for key in ("width", "height", "frames"))
+    if isinstance(vid, bool) or not isinstance(vid, str | int) or vid == "":
         raise StrgError(f"{where}: bad id {vid!r}")
-    if not (math.isfinite(fps) and fps > 0) or frames < 0 or width <= 0 or height <= 0:
-        raise StrgError(f"{where}: bad fps, size or frame count")
+    if not (_is_number(fps) and fps > 0):
+        raise StrgError(f"{where}: bad value: fps must be a positive number, got {obj['fps']!r}"[:200])
+    for key, value in (("width", width), ("height", height), ("frames", frames)):
+        if value is None or value <= 0:
+            raise StrgError(f"{where}: bad value: {key} must be a positive integer, got {obj[key]!r}"[:200])
     if not isinstance(objects, list):
         raise StrgError(f"{where}: 'objects' must be a list")
+    for k, o in enumerate(objects):  # every length is checked before anything is allocated
+        if not isinstance(o, dict) or not isinstance(o.get("boxes"), list):
+            raise StrgError(f"{where}: object {k} has no 'boxes' list")
+        if len(o["boxes"]) != frames:
+            raise StrgError(f"{where}: object {k} has {len(o['boxes'])} boxes for {frames} frames")
     boxes = np.zeros((frames, len(objects), 4), dtype=np.float32)
     valid = np.zeros((frames, len(objects)), dtype=bool)
     meta = []
     for k, o in enumerate(objects):
-        if not isinstance(o, dict) or not isinstance(o.get("boxes"), list):
-            raise StrgError(f"{where}: object {k} has no 'boxes' list")
-        track = o["boxes"]
-        if len(track) != frames:
-            raise StrgError(f"{where}: object {k} has {len(track)} boxes for {frames} frames")
-        for i, box in enumerate(track):
+        for i, box in enumerate(o["boxes"]):
             if box is None:
                 continue
-            if (
-                not isinstance(box, list)
-                or len(box) != 4
-                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
-                or not all(math.isfinite(v) for v in box)
-            ):
+            if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
                 raise StrgError(
-                    f"{where}: object {k} frame {i}: expected [x1, y1, x2, y2] or null, got {box!r}"
+                    f"{where}: object {k} frame {i}: expected [x1, y1, x2, y2] or null, got {box!r}"[:300]
                 )
             boxes[i, k] = box
             valid[i, k] = True
         meta.append({key: value for key, value in o.items() if key != "boxes"})
-    return BoxTracks(str(vid), fps, width, height, boxes, valid, tuple(meta))
+    return BoxTracks(str(vid), float(fps), width, height, boxes, valid, tuple(meta))
 
 
 def read_box_tracks(path: PathLike) -> dict[str, BoxTracks]:
@@ -1003,11 +1052,7 @@ def read_box_tracks(path: PathLike) -> dict[str, BoxTracks]:
         if not line.strip():
             continue
         where = f"{path}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise StrgError(f"malformed JSON in {where}: {err.msg} at column {err.colno}") from None
-        t = _parse_box_line(obj, where)
+        t = _parse_box_line(_loads(line, where, one_line=True), where)
         if t.video_id in tracks:
             raise StrgError(f"{where}: id {t.video_id!r} appears twice")
         tracks[t.video_id] = t

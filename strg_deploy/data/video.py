@@ -284,7 +284,13 @@ class VideoReader:
 
     def _open(self, container_format: str | None, options: dict[str, str], timeout: float | None) -> None:
         try:
-            self._container = av.open(self.path, format=container_format, options=options, timeout=timeout)
+            self._container = av.open(
+                self.path,
+                format=container_format,
+                options=options,
+                timeout=timeout,
+                metadata_errors="replace",  # tags that are not UTF-8 (a damaged or Latin-1 header) open too
+            )
         except (av.error.FFmpegError, OSError) as error:
             raise StrgError(f"cannot open video {self.path}: {_reason(error)}") from None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -80,6 +81,14 @@ _OPTION_RULES: dict[str, tuple[type, float | None, float | None]] = {
 _OPTIONAL = frozenset({"max_steps"})
 
 
+def _finite(value: float) -> bool:
+    """A finite number that fits a float (an integer of 400 digits does not)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _check_option(name: str, value: object, kind: type, low: float | None, high: float | None) -> None:
     """StrgError unless ``value`` is a ``kind`` (an int counts as a float, a bool as neither) within
     [low, high]; the learning rate must be above 0, not just at it."""
@@ -88,7 +97,7 @@ def _check_option(name: str, value: object, kind: type, low: float | None, high:
     elif kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     else:
         ok = isinstance(value, kind)
     described = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]

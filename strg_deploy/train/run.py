@@ -127,8 +127,10 @@ def options_from_file(
             values = json.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as err:
             raise StrgError(f"cannot read options file {path}: {err.strerror}") from None
-        except json.JSONDecodeError as err:
-            raise StrgError(f"options file {path} is not valid JSON: {err}") from None
+        except UnicodeDecodeError as err:
+            raise StrgError(f"options file {path} is not UTF-8 JSON text: {err}") from None
+        except (ValueError, RecursionError) as err:  # JSONDecodeError, too many digits, too deep
+            raise StrgError(f"options file {path} is not valid JSON: {' '.join(str(err).split())}") from None
         if not isinstance(values, dict):
             raise StrgError(f"options file {path} must hold a JSON object")
     values.update({k: v for k, v in overrides.items() if v is not None})
