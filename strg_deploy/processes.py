@@ -108,6 +108,17 @@ def _loader_worker_started(parent_pid: int, worker_id: int) -> None:
     end_with_parent(parent_pid)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def loader_worker_init() -> Callable[[int], None]:
     """A torch DataLoader ``worker_init_fn`` (picklable) that makes each worker end with the process
     creating the loader now, at once, instead of at torch's own next 5-second check of its parent."""

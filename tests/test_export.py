@@ -371,9 +371,12 @@ def test_cli_exports_a_checkpoint_and_checks_it(tmp_path):
         (["--preset", "tiny"], "needs --out DIR"),
         (["--preset", "tiny", "--out", "OUT", "--opset", "17"], "--opset must be 18 to 21, got 17"),
         (["--preset", "tiny", "--out", "OUT", "--opset", "99"], "--opset must be 18 to 21, got 99"),
-        (["--preset", "tiny", "--out", "FILE"], "it is a file, not a folder"),
-        (["--preset", "tiny", "--out", "FILE/onnx"], "FILE is a file, not a folder"),
-        (["MISSING", "--out", "FILE"], "it is a file, not a folder"),  # checked before the checkpoint loads
+        (["--preset", "tiny", "--out", "FILE"], "it exists and is not a folder"),
+        (["--preset", "tiny", "--out", "FILE/onnx"], "FILE exists and is not a folder"),
+        (
+            ["MISSING", "--out", "FILE"],
+            "it exists and is not a folder",
+        ),  # checked before the checkpoint loads
         (["MISSING", "--out", "OUT"], "checkpoint folder not found"),
         (["--lint", "OUT"], "no manifest.json in"),
     ],

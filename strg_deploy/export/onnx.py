@@ -38,7 +38,9 @@ from strg_deploy.errors import StrgError
 from strg_deploy.export.manifest import MANIFEST_FILE, build_manifest, write_manifest
 from strg_deploy.export.plugin_nodes import attach_functions, missing_functions
 from strg_deploy.export.rpn_postprocess import CANDIDATE_OUTPUTS, append_nms_top_n
+from strg_deploy.fileio import writable_folder
 from strg_deploy.models.strg import STRG
+from strg_deploy.processes import process_alive
 
 NETWORKS = ("rpn", "backbone", "head")
 MIN_OPSET = 18
@@ -194,34 +196,14 @@ def _save(proto: onnx.ModelProto, path: Path, external_data: bool) -> list[Path]
 
 def check_out(out: str | Path) -> Path:
     """Raise StrgError unless ``out`` is a folder this process may write in, or a path where one can be
-    created (the nearest existing ancestor is a writable folder). Returns ``out`` as a Path."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise StrgError(f"cannot export to {out}: it is a file, not a folder")
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise StrgError(f"cannot export to {out}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise StrgError(f"cannot export to {out}: no permission to write in {existing}")
-    return out
+    created (:func:`strg_deploy.fileio.writable_folder`). Returns ``out`` as a Path."""
+    return writable_folder(Path(out))
 
 
 def _staging_pid(name: str) -> int | None:
     """The process id in a staging folder's name ``.export-<pid>-<random>`` (None if it has none)."""
     head = name[len(STAGING_PREFIX) :].split("-", 1)[0]
     return int(head) if head.isdigit() else None
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # a process of another user
-        return True
-    return True
 
 
 def remove_stale_staging(out: str | Path) -> list[Path]:
@@ -231,7 +213,7 @@ def remove_stale_staging(out: str | Path) -> list[Path]:
     removed = []
     for path in sorted(Path(out).glob(f"{STAGING_PREFIX}*")):
         pid = _staging_pid(path.name)
-        if not path.is_dir() or (pid is not None and _process_alive(pid)):
+        if not path.is_dir() or (pid is not None and process_alive(pid)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)

@@ -51,6 +51,7 @@ from strg_deploy.config import ModelConfig
 from strg_deploy.errors import StrgError
 from strg_deploy.models.serialization import CONFIG_FILE, WEIGHTS_FILE, load_weights, save_pretrained
 from strg_deploy.models.state_dicts import check_fit, read_state_dict
+from strg_deploy.processes import process_alive
 
 STATE_FILE = "state.pt"
 CHECKPOINT_NAMES = ("last", "best")
@@ -228,20 +229,9 @@ def remove_stale_saves(run_dir: str | Path, name: str | None = None) -> None:
     for checkpoint in (name,) if name else CHECKPOINT_NAMES:
         for stale in Path(run_dir).glob(f".{checkpoint}.tmp-*"):
             pid = stale.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid)):
                 continue
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    """Whether a process with this id exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fsync_dir(folder: Path) -> None:
