@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from strg_deploy import __version__
-from strg_deploy.config import ARCHITECTURES, PRESETS, ModelConfig, preset
+from strg_deploy.config import PRESETS, ModelConfig, preset
 from strg_deploy.errors import StrgError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -449,8 +449,6 @@ def train(
 
     if task not in ("classes", "proposals"):
         raise StrgError(f"--task must be classes or proposals, got {task!r}")
-    if model not in ARCHITECTURES:
-        raise StrgError(f"--model must be one of {', '.join(ARCHITECTURES)}, got {model!r}")
     overrides = {
         "epochs": epochs,
         "batch_size": batch_size,

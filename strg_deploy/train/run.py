@@ -290,13 +290,12 @@ def proposals_run(
     if spec.detector is None:
         raise StrgError("proposals need detector weights (--detector FILE, e.g. RUN/detector.safetensors)")
     target = choose_device(device)
-    preset(spec.preset)
+    cfg = preset(spec.preset)
     check_data(spec)
     writable_file(out, overwrite=spec.overwrite)
     records = [record for split in splits for record in read_split(spec, split, on_notice=on_notice).records]
     if not records:
         raise StrgError(f"no videos in the {'/'.join(splits)} split(s) of {spec.data}")
-    cfg = preset(spec.preset)
     proposer = load_detector_weights(RegionProposer(cfg), spec.detector).eval()
     with torch.inference_mode():
         precompute_proposals(
@@ -329,12 +328,12 @@ def proposer_run(
         )
     join_process_group(options.device)
     choose_device(options.device)
-    preset(spec.preset)
+    cfg = preset(spec.preset)
     check_data(spec)
     prepare_output(spec)
     train = read_split(spec, "train", options.max_unreadable, on_notice)
     validation = read_split(spec, "validation", options.max_unreadable, on_notice)
-    cfg = preset(spec.preset).with_classes(train.classes, multi_label=train.multi_label)
+    cfg = cfg.with_classes(train.classes, multi_label=train.multi_label)
     tracks = read_box_tracks(spec.boxes)
     train_set = ClipDataset(train, cfg, train=True, tracks=tracks, cache=spec.cache, seed=options.seed)
     val_set = ClipDataset(validation, cfg, train=False, tracks=tracks, cache=spec.cache)
