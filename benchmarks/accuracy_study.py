@@ -48,7 +48,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _timing import cpu_model
+
+from strg_deploy.engines.auto import processor_name as cpu_model
 
 MODELS = ("frame", "i3d", "strg-rpn", "strg-gt", "strg-rpn2", "strg-rpn-i3d", "i3d-i3d")
 STUDY_MODELS = MODELS[:4]
@@ -201,7 +202,7 @@ def proposals_file(args, model: str) -> Path:
 
 def keep_best_proposals(source: Path, out: Path, keep: int) -> None:
     """A copy of a precomputed-proposals file with each frame's ``keep`` best proposals (once)."""
-    from strg_deploy.models.proposals import PrecomputedBoxes, write_precomputed
+    from strg_deploy.train.precompute import PrecomputedBoxes, write_precomputed
 
     if out.exists():
         return

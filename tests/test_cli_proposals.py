@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 from strg_deploy.cli import app
 from strg_deploy.config import preset
 from strg_deploy.data.synthetic import generate
-from strg_deploy.models.proposals import RegionProposer, load_detector_weights
+from strg_deploy.models.proposals import RegionProposer
 from strg_deploy.models.serialization import load_pretrained
+from strg_deploy.models.weights import load_detector_weights
 from strg_deploy.train.precompute import precomputed_tracks
 from strg_deploy.train.proposer import save_detector
 

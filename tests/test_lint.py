@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from strg_deploy.errors import StrgError
-from strg_deploy.export import tensorrt_ops
+from strg_deploy.export import tensorrt_support
 from strg_deploy.export.lint import Finding, format_finding, lint_file, lint_model
 
 FLOAT, INT64, UINT8, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.UINT8, TensorProto.BOOL
@@ -99,15 +99,15 @@ def test_support_list_holds_the_export_ops_and_not_the_unsupported_ones():
         "Min Max Exp Clip Resize Pad Expand Range Unsqueeze Squeeze Gather Split Equal Less Greater Not And "
         "ConstantOfShape LayerNormalization Flatten"
     ).split()
-    assert set(used) <= tensorrt_ops.SUPPORTED_OPS
+    assert set(used) <= tensorrt_support.SUPPORTED_OPS
     for unsupported in ("SequenceConstruct", "SplitToSequence", "Unique", "Compress", "MaxRoiPool"):
-        assert unsupported in tensorrt_ops.UNSUPPORTED_OPS
-        assert unsupported not in tensorrt_ops.SUPPORTED_OPS
-    assert tensorrt_ops.TENSORRT_VERSION.startswith("10.")
-    assert "onnx/onnx-tensorrt" in tensorrt_ops.SOURCE and "docs/operators.md" in tensorrt_ops.SOURCE
-    assert tensorrt_ops.TOPK_K_LIMIT == 3840
-    assert "INT64" in tensorrt_ops.SUPPORTED_TYPES["Gather"]
-    assert "INT64" not in tensorrt_ops.SUPPORTED_TYPES["MatMul"]
+        assert unsupported in tensorrt_support.UNSUPPORTED_OPS
+        assert unsupported not in tensorrt_support.SUPPORTED_OPS
+    assert tensorrt_support.TENSORRT_VERSION.startswith("10.")
+    assert "onnx/onnx-tensorrt" in tensorrt_support.SOURCE and "docs/operators.md" in tensorrt_support.SOURCE
+    assert tensorrt_support.TOPK_K_LIMIT == 3840
+    assert "INT64" in tensorrt_support.SUPPORTED_TYPES["Gather"]
+    assert "INT64" not in tensorrt_support.SUPPORTED_TYPES["MatMul"]
 
 
 def test_unsupported_op_names_the_node():

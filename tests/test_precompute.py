@@ -16,9 +16,14 @@ from strg_deploy.data.datasets import VideoRecord, read_something_something_v2
 from strg_deploy.data.synthetic import generate
 from strg_deploy.data.video import open_video
 from strg_deploy.errors import StrgError
-from strg_deploy.models.proposals import PrecomputedBoxes, RegionProposer, write_precomputed
+from strg_deploy.models.proposals import RegionProposer
 from strg_deploy.train.data import ClipDataset, LoaderConfig, make_loader
-from strg_deploy.train.precompute import precompute_proposals, precomputed_tracks
+from strg_deploy.train.precompute import (
+    PrecomputedBoxes,
+    precompute_proposals,
+    precomputed_tracks,
+    write_precomputed,
+)
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
 FPS = 12.0

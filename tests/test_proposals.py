@@ -17,17 +17,15 @@ from strg_deploy.config import preset
 from strg_deploy.errors import StrgError
 from strg_deploy.models.proposals import (
     GivenBoxes,
-    PrecomputedBoxes,
     Proposals,
     ProposalSource,
     RegionProposer,
     _nms_top_n,
-    detector_state_for_proposer,
-    load_detector_weights,
     pad_to_n,
     tie_free_scores,
-    write_precomputed,
 )
+from strg_deploy.models.weights import detector_state_for_proposer, load_detector_weights
+from strg_deploy.train.precompute import PrecomputedBoxes, write_precomputed
 
 SIZE = 64
 

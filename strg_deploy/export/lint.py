@@ -2,7 +2,7 @@
 
 The lint inlines the model-local functions (what TensorRT's parser sees when no plugin takes a custom node),
 runs ONNX shape inference, and checks every node of the main graph and of its subgraphs against the
-TensorRT ONNX parser's support matrix (:mod:`strg_deploy.export.tensorrt_ops`): the op is supported, its
+TensorRT ONNX parser's support matrix (:mod:`strg_deploy.export.tensorrt_support`): the op is supported, its
 data type is in the op's row, and the attribute and input constraints of the row hold. With ``num_boxes``
 it also checks the model contract: fixed sizes in every output axis but the batch axis, and N proposals
 in the box axis (rpn ``boxes`` [F, N, 4], ``scores`` [F, N], ``mask`` [F, N]; head ``boxes``
@@ -24,7 +24,7 @@ from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from strg_deploy.errors import StrgError
-from strg_deploy.export import tensorrt_ops as trt
+from strg_deploy.export import tensorrt_support as trt
 
 __all__ = ["Finding", "format_finding", "lint_file", "lint_model"]
 

@@ -1,4 +1,4 @@
-"""Region proposals: exactly N boxes per frame, from a torchvision RPN, from given boxes or from a file.
+"""Region proposals: exactly N boxes per frame, from a torchvision RPN or from given boxes.
 
 Every source returns :class:`Proposals` with a fixed N (``cfg.proposals.num_boxes``): boxes float32
 [F, N, 4] (x1, y1, x2, y2 in input pixels), scores float32 [F, N], mask bool [F, N]. Frames with fewer
@@ -8,30 +8,17 @@ boxes only, so padding never shifts boxes between frames.
 - :class:`RegionProposer` is the ``rpn`` network of the model contract: the backbone with FPN and the
   RPN head of torchvision's Faster R-CNN (ResNet-50-FPN or MobileNetV3-Large-FPN), run at clip
   resolution on uint8 frames that it normalises itself (ImageNet mean/std, no resize to 800 px).
-  :func:`load_detector_weights` loads the backbone and RPN part of a torchvision Faster R-CNN state dict.
+  :func:`~strg_deploy.models.weights.load_detector_weights` loads the backbone and RPN part of a
+  torchvision Faster R-CNN state dict into it.
 - :class:`GivenBoxes` pads ground-truth boxes of data that has them.
-- :class:`PrecomputedBoxes` reads boxes written by :func:`write_precomputed` (format below).
-
-Precomputed file format (safetensors, no pickle): for each video id ``V`` the tensors
-
-    ``V/frame_index``  int64 [F]        the frames that have boxes (unique)
-    ``V/boxes``        float32 [F, K, 4] x1, y1, x2, y2 in the pixels of the frames the boxes were made on
-    ``V/scores``       float32 [F, K]
-    ``V/mask``         bool [F, K]      which of the K entries are boxes
-    ``V/fps``          float64 [1]      frame rate: frame index i is the frame shown at i / fps seconds
-    ``V/size``         int64 [2]        width, height of the frames the box coordinates refer to
-
-and the header metadata ``{"format": "strg-proposals", "version": "2"}``. Version 1 files lack ``fps``
-and ``size`` (in version 2 every video has both); :class:`PrecomputedBoxes` reads both versions. Video
-ids may contain any character, "/" included (the tensor name is split at its last "/").
+- Proposals computed once for a dataset and kept in a file are read by
+  :class:`~strg_deploy.train.precompute.PrecomputedBoxes` (the file format is described there).
 """
 
 from __future__ import annotations
 
 import functools
-import json
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -46,13 +33,6 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from strg_deploy.config import ModelConfig
 from strg_deploy.errors import StrgError, shape_error
-from strg_deploy.models.state_dicts import check_fit, read_state_dict
-
-PRECOMPUTED_FORMAT = "strg-proposals"
-PRECOMPUTED_VERSION = "2"  # the version write_precomputed writes when the videos carry fps and size
-PRECOMPUTED_VERSIONS = ("1", "2")  # the versions PrecomputedBoxes reads
-_FIELDS = ("frame_index", "boxes", "scores", "mask")
-_FRAME_FIELDS = ("fps", "size")  # version 2 only
 
 # Anchor sizes and aspect ratios of torchvision's fasterrcnn_resnet50_fpn (one size per FPN level, five
 # levels) and fasterrcnn_mobilenet_v3_large_fpn (five sizes on each of its three levels).
@@ -86,7 +66,8 @@ class ProposalSource(Protocol):
     """A source of :class:`Proposals` with exactly ``num_boxes`` (N) entries per frame.
 
     What a source reads differs (frames for :class:`RegionProposer`, box lists for :class:`GivenBoxes`,
-    video id and frame indices for :class:`PrecomputedBoxes`); what it returns is always Proposals.
+    video id and frame indices for :class:`~strg_deploy.train.precompute.PrecomputedBoxes`); what it
+    returns is always Proposals.
     """
 
     num_boxes: int
@@ -314,73 +295,7 @@ class RegionProposer(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Detector weights
-
-
-def _detector_kind(keys: Sequence[str]) -> str | None:
-    if any(k.startswith("backbone.body.layer1.") for k in keys):
-        return "resnet50_fpn"
-    if any(k.startswith("backbone.body.0.0.") for k in keys):
-        return "mobilenet_v3_large_fpn"
-    return None
-
-
-def _listing(keys: Sequence[str], limit: int = 4) -> str:
-    return ", ".join(keys[:limit]) + (", ..." if len(keys) > limit else "")
-
-
-def detector_state_for_proposer(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """A torchvision Faster R-CNN state dict -> RegionProposer's keys: ``backbone.*`` unchanged,
-    ``rpn.head.*`` -> ``head.*`` (older ``rpn.head.conv.*`` -> ``head.conv.0.0.*``); ``roi_heads.*``
-    and batch-norm ``num_batches_tracked`` counters are dropped."""
-    mapped: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        if key.startswith("backbone."):
-            mapped[key] = value
-        elif key.startswith("rpn.head."):
-            name = key[len("rpn.head.") :]
-            if name in ("conv.weight", "conv.bias"):  # RPNHead before version 2
-                name = "conv.0.0." + name.split(".")[1]
-            mapped["head." + name] = value
-    return mapped
-
-
-def load_detector_weights(proposer: RegionProposer, path: str | Path) -> RegionProposer:
-    """Load the backbone and RPN head of a torchvision Faster R-CNN state dict into ``proposer``.
-
-    ``path``: a torch.save'd state dict (e.g. torchvision's ``fasterrcnn_resnet50_fpn_coco-*.pth``) or a
-    .safetensors file, possibly wrapped in {"model": ...} or {"state_dict": ...}. Keys ``backbone.*``
-    load into ``proposer.backbone``, ``rpn.head.*`` into ``proposer.head``; ``roi_heads.*`` and batch-norm
-    ``num_batches_tracked`` counters are ignored. Loading is strict: a missing file, a detector of another
-    type, missing, unexpected or mis-shaped keys raise StrgError naming them. Returns ``proposer``.
-    """
-    path = Path(path)
-    state = read_state_dict(path)
-    kind = _detector_kind(list(state))
-    if kind is not None and kind != proposer.detector:
-        raise StrgError(
-            f"detector weights {path} are for {kind}, this model's detector is {proposer.detector} "
-            f"(cfg.proposals.detector)"
-        )
-    mapped = detector_state_for_proposer(state)
-    if not mapped:
-        raise StrgError(
-            f"detector weights {path} hold no Faster R-CNN backbone.* or rpn.head.* keys "
-            f"({len(state)} keys: {_listing(list(state))})"
-        )
-
-    def in_file(key: str) -> str:  # name the keys as the detector's state dict does
-        return "rpn." + key if key.startswith("head.") else key
-
-    check_fit(f"detector weights {path} ({proposer.detector} RPN)", proposer.state_dict(), mapped, in_file)
-    proposer.load_state_dict(mapped, strict=True)
-    return proposer
-
-
-# ----------------------------------------------------------------------------------------------------
-# Given and precomputed boxes
+# Given boxes
 
 
 def _as_box_tensor(boxes: Any, what: str) -> Tensor:
@@ -432,154 +347,3 @@ class GivenBoxes:
         if valid.shape != boxes.shape[:-1]:
             raise shape_error("given boxes' validity mask", f"{list(boxes.shape[:-1])}", tuple(valid.shape))
         return pad_to_n(boxes, valid, self.num_boxes, scores)
-
-
-def _entry_tensors(video_id: str, entry: Mapping[str, Any]) -> dict[str, Tensor]:
-    unknown = set(entry) - set(_FIELDS) - set(_FRAME_FIELDS)
-    if unknown or "boxes" not in entry or "frame_index" not in entry:
-        raise StrgError(
-            f"precomputed boxes of video {video_id!r}: need keys frame_index and boxes (optional scores, "
-            f"mask, and fps with size), got {sorted(entry)}"
-        )
-    if ("fps" in entry) != ("size" in entry):
-        raise StrgError(f"precomputed boxes of video {video_id!r}: give fps and size together, or neither")
-    boxes = torch.as_tensor(entry["boxes"], dtype=torch.float32)
-    if boxes.dim() != 3 or boxes.shape[-1] != 4:
-        raise shape_error(f"precomputed boxes of video {video_id!r}", "[F, K, 4]", tuple(boxes.shape))
-    f, k = boxes.shape[:2]
-    frame_index = torch.as_tensor(entry["frame_index"], dtype=torch.int64)
-    if frame_index.shape != (f,):
-        raise shape_error(f"frame_index of video {video_id!r}", f"[{f}]", tuple(frame_index.shape))
-    if frame_index.unique().numel() != f:
-        raise StrgError(f"frame_index of video {video_id!r} repeats a frame")
-    scores = torch.as_tensor(entry.get("scores", torch.ones(f, k)), dtype=torch.float32)
-    mask = torch.as_tensor(entry.get("mask", torch.ones(f, k, dtype=torch.bool)), dtype=torch.bool)
-    for name, t in (("scores", scores), ("mask", mask)):
-        if t.shape != (f, k):
-            raise shape_error(f"{name} of video {video_id!r}", f"[{f}, {k}]", tuple(t.shape))
-    out = {"frame_index": frame_index, "boxes": boxes, "scores": scores, "mask": mask}
-    if "fps" in entry:
-        fps = torch.as_tensor(entry["fps"], dtype=torch.float64).reshape(-1)
-        if fps.shape != (1,) or not (torch.isfinite(fps).all() and fps[0] > 0):
-            raise StrgError(f"fps of video {video_id!r} must be one positive number, got {fps.tolist()}")
-        size = torch.as_tensor(entry["size"]).reshape(-1)
-        if size.shape != (2,) or size.is_floating_point() or not (size > 0).all():
-            raise StrgError(
-                f"size of video {video_id!r} must be two positive integers (width, height), "
-                f"got {size.tolist()}"
-            )
-        out.update(fps=fps, size=size.to(torch.int64))
-    return out
-
-
-def write_precomputed(path: str | Path, entries: Mapping[str, Mapping[str, Any]]) -> Path:
-    """Write precomputed boxes atomically in the format of this module's docstring.
-
-    entries: video id -> {"frame_index": [F] int, "boxes": [F, K, 4], "scores": [F, K] (default 1),
-    "mask": [F, K] bool (default all True), "fps": float or [1], "size": (width, height)}; arrays or
-    tensors. ``dict(frame_index=idx, **proposals._asdict())`` stores a RegionProposer's output. With fps
-    and size for every video the file is version 2, without them for any video version 1 (mixing both
-    raises StrgError). Returns ``path``.
-    """
-    from strg_deploy.models.serialization import save_tensors
-
-    path = Path(path)
-    tensors = {}
-    with_frames = set()
-    for video_id, entry in entries.items():
-        fields = _entry_tensors(str(video_id), entry)
-        with_frames.add("fps" in fields)
-        for name, t in fields.items():
-            tensors[f"{video_id}/{name}"] = t.detach().cpu().contiguous()
-    if len(with_frames) > 1:
-        raise StrgError("precomputed boxes: give fps and size for every video or for none")
-    version = PRECOMPUTED_VERSION if with_frames == {True} else "1"
-    metadata = {"format": PRECOMPUTED_FORMAT, "version": version}
-    return save_tensors(tensors, path, metadata)
-
-
-class PrecomputedBoxes:
-    """Boxes read from a file written by :func:`write_precomputed`, as fixed-N :class:`Proposals`.
-
-    ``source(video_id, frame_indices)`` -> boxes [F, N, 4], scores [F, N], mask [F, N] for the frames
-    asked for, in that order; each frame keeps its first N valid boxes in stored order. A missing file,
-    video or frame raises StrgError naming it. Only the file's header is read on construction; tensors
-    are read lazily, one video at a time, through a handle each process opens for itself (the source
-    pickles without it, so it can go to data-loader worker processes). ``version``: the file's format
-    version ("1" or "2"; see the module docstring).
-    """
-
-    def __init__(self, path: str | Path, num_boxes: int):
-        if num_boxes <= 0:
-            raise StrgError(f"num_boxes must be positive, got {num_boxes}")
-        self.path = Path(path)
-        self.num_boxes = num_boxes
-        if not self.path.is_file():
-            raise StrgError(f"precomputed boxes not found: {self.path}")
-        self._handle: Any = None
-        self._pid: int | None = None
-        metadata = self._file().metadata() or {}
-        if metadata.get("format") != PRECOMPUTED_FORMAT:
-            raise StrgError(f"{self.path} is not a precomputed-boxes file (metadata {json.dumps(metadata)})")
-        if metadata.get("version") not in PRECOMPUTED_VERSIONS:
-            raise StrgError(
-                f"precomputed boxes {self.path} have format version {metadata.get('version')}, "
-                f"this version reads {', '.join(PRECOMPUTED_VERSIONS)}"
-            )
-        self.version: str = metadata["version"]
-
-    def _file(self) -> Any:
-        """This process's open safetensors handle of the file (opened on first use in each process)."""
-        import os
-
-        from safetensors import safe_open
-
-        if self._handle is None or self._pid != os.getpid():
-            try:
-                self._handle = safe_open(str(self.path), framework="pt")
-            except Exception as err:  # safetensors raises its own error types for damaged headers
-                raise StrgError(f"cannot read precomputed boxes {self.path}: {err}") from None
-            self._pid = os.getpid()
-        return self._handle
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_handle=None, _pid=None)
-        state.pop("videos", None)
-        return state
-
-    @functools.cached_property
-    def videos(self) -> tuple[str, ...]:
-        """Every video id in the file, sorted (reads the tensor names of the whole header)."""
-        return tuple(sorted({k.rsplit("/", 1)[0] for k in self._file().keys()}))
-
-    def has(self, video_id: str) -> bool:
-        """Whether the file holds boxes of ``video_id`` (one name lookup, no tensor read)."""
-        try:
-            self._file().get_slice(f"{video_id}/boxes")
-        except Exception:  # safetensors' error for an absent name
-            return False
-        return True
-
-    def stored(self, video_id: str) -> dict[str, Tensor]:
-        """The stored tensors of one video, every box of every stored frame (not cut to N): the fields of
-        the module docstring (fps and size in version 2 files only). StrgError when the file has no such
-        video."""
-        if not self.has(video_id):
-            raise StrgError(f"precomputed boxes {self.path} have no video {video_id!r}")
-        f = self._file()
-        names = _FIELDS + (_FRAME_FIELDS if self.version != "1" else ())
-        return {name: f.get_tensor(f"{video_id}/{name}") for name in names}
-
-    def __call__(self, video_id: str, frame_indices: Sequence[int] | Tensor) -> Proposals:
-        data = self.stored(video_id)
-        wanted = torch.as_tensor(frame_indices, dtype=torch.int64).reshape(-1)
-        row_of = {int(v): i for i, v in enumerate(data["frame_index"].tolist())}
-        absent = [int(i) for i in wanted.tolist() if int(i) not in row_of]
-        if absent:
-            raise StrgError(
-                f"precomputed boxes {self.path} have no frame(s) {_listing([str(i) for i in absent], 8)} "
-                f"of video {video_id!r} (it has {len(row_of)} frames)"
-            )
-        rows = torch.tensor([row_of[int(i)] for i in wanted.tolist()], dtype=torch.int64)
-        return pad_to_n(data["boxes"][rows], data["mask"][rows], self.num_boxes, data["scores"][rows])

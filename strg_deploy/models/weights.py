@@ -1,4 +1,6 @@
-"""Weights to start the I3D ResNet from, each read from a local file.
+"""Weights to start the networks from, each read from a local file.
+
+The I3D ResNet:
 
 - :func:`load_imagenet_2d`: a 2D ImageNet ResNet state dict in torchvision's layout (resnet18/34/50),
   inflated: a 2D kernel [O, I, kh, kw] becomes [O, I, kt, kh, kw] = w / kt repeated kt times, so on a
@@ -7,7 +9,12 @@
 - :func:`load_kinetics_i3d`: a Kinetics-400 I3D ResNet checkpoint in MMAction2's or PySlowFast's key
   layout (detected from the keys), mapped to ours; classifier heads are ignored and reported.
 
-Key mapping (ours = torchvision's names; S = stage 1..4, B = block, N = conv 1..3, X = weight, bias,
+The ``rpn`` network (:class:`~strg_deploy.models.proposals.RegionProposer`):
+
+- :func:`load_detector_weights`: the backbone and RPN head of a torchvision Faster R-CNN state dict
+  (ResNet-50-FPN or MobileNetV3-Large-FPN), keys mapped by :func:`detector_state_for_proposer`.
+
+I3D key mapping (ours = torchvision's names; S = stage 1..4, B = block, N = conv 1..3, X = weight, bias,
 running_mean, running_var, num_batches_tracked):
 
 =======================  ===================================  ===========================================
@@ -38,16 +45,17 @@ PySlowFast's) is 1x3x3, so its R18/R34 checkpoints report shape mismatches here.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from strg_deploy.errors import StrgError
 from strg_deploy.models.backbone import Backbone, I3DResNet
-from strg_deploy.models.state_dicts import fit_error, read_state_dict
+from strg_deploy.models.proposals import RegionProposer
+from strg_deploy.models.state_dicts import check_fit, fit_error, read_state_dict
 
 MMACTION2 = "mmaction2"
 PYSLOWFAST = "pyslowfast"
@@ -281,3 +289,68 @@ def load_kinetics_i3d(model: nn.Module, path: str | Path) -> LoadReport:
         raise StrgError(f"{path}: {err}") from None
     resnet.load_state_dict(state, strict=True)
     return report
+
+
+# ------------------------------------------------------------------------------- Faster R-CNN RPN
+
+
+def _detector_kind(keys: Sequence[str]) -> str | None:
+    if any(k.startswith("backbone.body.layer1.") for k in keys):
+        return "resnet50_fpn"
+    if any(k.startswith("backbone.body.0.0.") for k in keys):
+        return "mobilenet_v3_large_fpn"
+    return None
+
+
+def _listing(keys: Sequence[str], limit: int = 4) -> str:
+    return ", ".join(keys[:limit]) + (", ..." if len(keys) > limit else "")
+
+
+def detector_state_for_proposer(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A torchvision Faster R-CNN state dict -> RegionProposer's keys: ``backbone.*`` unchanged,
+    ``rpn.head.*`` -> ``head.*`` (older ``rpn.head.conv.*`` -> ``head.conv.0.0.*``); ``roi_heads.*``
+    and batch-norm ``num_batches_tracked`` counters are dropped."""
+    mapped: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        if key.startswith("backbone."):
+            mapped[key] = value
+        elif key.startswith("rpn.head."):
+            name = key[len("rpn.head.") :]
+            if name in ("conv.weight", "conv.bias"):  # RPNHead before version 2
+                name = "conv.0.0." + name.split(".")[1]
+            mapped["head." + name] = value
+    return mapped
+
+
+def load_detector_weights(proposer: RegionProposer, path: str | Path) -> RegionProposer:
+    """Load the backbone and RPN head of a torchvision Faster R-CNN state dict into ``proposer``.
+
+    ``path``: a torch.save'd state dict (e.g. torchvision's ``fasterrcnn_resnet50_fpn_coco-*.pth``) or a
+    .safetensors file, possibly wrapped in {"model": ...} or {"state_dict": ...}. Keys ``backbone.*``
+    load into ``proposer.backbone``, ``rpn.head.*`` into ``proposer.head``; ``roi_heads.*`` and batch-norm
+    ``num_batches_tracked`` counters are ignored. Loading is strict: a missing file, a detector of another
+    type, missing, unexpected or mis-shaped keys raise StrgError naming them. Returns ``proposer``.
+    """
+    path = Path(path)
+    state = read_state_dict(path)
+    kind = _detector_kind(list(state))
+    if kind is not None and kind != proposer.detector:
+        raise StrgError(
+            f"detector weights {path} are for {kind}, this model's detector is {proposer.detector} "
+            f"(cfg.proposals.detector)"
+        )
+    mapped = detector_state_for_proposer(state)
+    if not mapped:
+        raise StrgError(
+            f"detector weights {path} hold no Faster R-CNN backbone.* or rpn.head.* keys "
+            f"({len(state)} keys: {_listing(list(state))})"
+        )
+
+    def in_file(key: str) -> str:  # name the keys as the detector's state dict does
+        return "rpn." + key if key.startswith("head.") else key
+
+    check_fit(f"detector weights {path} ({proposer.detector} RPN)", proposer.state_dict(), mapped, in_file)
+    proposer.load_state_dict(mapped, strict=True)
+    return proposer

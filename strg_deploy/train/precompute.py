@@ -1,31 +1,221 @@
-"""Region proposals computed once for a whole dataset, and read back as box tracks for training.
+"""Precomputed proposals: one file holding the region proposals of every frame of a dataset, and the
+code that computes, writes and reads it (as fixed-N proposals, or as box tracks for training).
 
+:func:`write_precomputed` writes the file and :class:`PrecomputedBoxes` reads it (format below).
 :func:`precompute_proposals` decodes every frame of every video, runs the RPN (:class:`RegionProposer`)
-on them in batches and writes one file in the precomputed-boxes format (version 2, see
-:mod:`strg_deploy.models.proposals`): per video the boxes of each frame in the pixels of the video's
-stored frames, with the frame rate that places frame index i at i / fps seconds and the frame size.
+on them in batches and writes one file (version 2): per video the boxes of each frame in the pixels of
+the video's stored frames, with the frame rate that places frame index i at i / fps seconds and the
+frame size.
 
 :func:`precomputed_tracks` reads such a file as ``{video id: BoxTracks}``, lazily, so that
 ``ClipDataset(..., tracks=precomputed_tracks(path, cfg.proposals.num_boxes))`` trains STRG on the
 proposals through exactly the path of ground-truth boxes: the same frame choice (the frame nearest to
 each sampled time), the same scaling to the decoded size, crops and flips.
+
+Precomputed file format (safetensors, no pickle): for each video id ``V`` the tensors
+
+    ``V/frame_index``  int64 [F]        the frames that have boxes (unique)
+    ``V/boxes``        float32 [F, K, 4] x1, y1, x2, y2 in the pixels of the frames the boxes were made on
+    ``V/scores``       float32 [F, K]
+    ``V/mask``         bool [F, K]      which of the K entries are boxes
+    ``V/fps``          float64 [1]      frame rate: frame index i is the frame shown at i / fps seconds
+    ``V/size``         int64 [2]        width, height of the frames the box coordinates refer to
+
+and the header metadata ``{"format": "strg-proposals", "version": "2"}``. Version 1 files lack ``fps``
+and ``size`` (in version 2 every video has both); :class:`PrecomputedBoxes` reads both versions. Video
+ids may contain any character, "/" included (the tensor name is split at its last "/").
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from strg_deploy.data.cache import duration_of
 from strg_deploy.data.datasets import BoxTracks, VideoRecord
 from strg_deploy.data.video import open_video
-from strg_deploy.errors import StrgError
-from strg_deploy.models.proposals import PrecomputedBoxes, RegionProposer, pad_to_n, write_precomputed
+from strg_deploy.errors import StrgError, shape_error
+from strg_deploy.models.proposals import Proposals, RegionProposer, pad_to_n
 
-__all__ = ["PrecomputedTracks", "UnknownVideo", "precompute_proposals", "precomputed_tracks"]
+__all__ = [
+    "PRECOMPUTED_FORMAT",
+    "PRECOMPUTED_VERSION",
+    "PRECOMPUTED_VERSIONS",
+    "PrecomputedBoxes",
+    "PrecomputedTracks",
+    "UnknownVideo",
+    "precompute_proposals",
+    "precomputed_tracks",
+    "write_precomputed",
+]
+
+PRECOMPUTED_FORMAT = "strg-proposals"
+PRECOMPUTED_VERSION = "2"  # the version write_precomputed writes when the videos carry fps and size
+PRECOMPUTED_VERSIONS = ("1", "2")  # the versions PrecomputedBoxes reads
+_FIELDS = ("frame_index", "boxes", "scores", "mask")
+_FRAME_FIELDS = ("fps", "size")  # version 2 only
+
+
+def _listing(keys: Sequence[str], limit: int = 4) -> str:
+    return ", ".join(keys[:limit]) + (", ..." if len(keys) > limit else "")
+
+
+def _entry_tensors(video_id: str, entry: Mapping[str, Any]) -> dict[str, Tensor]:
+    unknown = set(entry) - set(_FIELDS) - set(_FRAME_FIELDS)
+    if unknown or "boxes" not in entry or "frame_index" not in entry:
+        raise StrgError(
+            f"precomputed boxes of video {video_id!r}: need keys frame_index and boxes (optional scores, "
+            f"mask, and fps with size), got {sorted(entry)}"
+        )
+    if ("fps" in entry) != ("size" in entry):
+        raise StrgError(f"precomputed boxes of video {video_id!r}: give fps and size together, or neither")
+    boxes = torch.as_tensor(entry["boxes"], dtype=torch.float32)
+    if boxes.dim() != 3 or boxes.shape[-1] != 4:
+        raise shape_error(f"precomputed boxes of video {video_id!r}", "[F, K, 4]", tuple(boxes.shape))
+    f, k = boxes.shape[:2]
+    frame_index = torch.as_tensor(entry["frame_index"], dtype=torch.int64)
+    if frame_index.shape != (f,):
+        raise shape_error(f"frame_index of video {video_id!r}", f"[{f}]", tuple(frame_index.shape))
+    if frame_index.unique().numel() != f:
+        raise StrgError(f"frame_index of video {video_id!r} repeats a frame")
+    scores = torch.as_tensor(entry.get("scores", torch.ones(f, k)), dtype=torch.float32)
+    mask = torch.as_tensor(entry.get("mask", torch.ones(f, k, dtype=torch.bool)), dtype=torch.bool)
+    for name, t in (("scores", scores), ("mask", mask)):
+        if t.shape != (f, k):
+            raise shape_error(f"{name} of video {video_id!r}", f"[{f}, {k}]", tuple(t.shape))
+    out = {"frame_index": frame_index, "boxes": boxes, "scores": scores, "mask": mask}
+    if "fps" in entry:
+        fps = torch.as_tensor(entry["fps"], dtype=torch.float64).reshape(-1)
+        if fps.shape != (1,) or not (torch.isfinite(fps).all() and fps[0] > 0):
+            raise StrgError(f"fps of video {video_id!r} must be one positive number, got {fps.tolist()}")
+        size = torch.as_tensor(entry["size"]).reshape(-1)
+        if size.shape != (2,) or size.is_floating_point() or not (size > 0).all():
+            raise StrgError(
+                f"size of video {video_id!r} must be two positive integers (width, height), "
+                f"got {size.tolist()}"
+            )
+        out.update(fps=fps, size=size.to(torch.int64))
+    return out
+
+
+def write_precomputed(path: str | Path, entries: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Write precomputed boxes atomically in the format of this module's docstring.
+
+    entries: video id -> {"frame_index": [F] int, "boxes": [F, K, 4], "scores": [F, K] (default 1),
+    "mask": [F, K] bool (default all True), "fps": float or [1], "size": (width, height)}; arrays or
+    tensors. ``dict(frame_index=idx, **proposals._asdict())`` stores a RegionProposer's output. With fps
+    and size for every video the file is version 2, without them for any video version 1 (mixing both
+    raises StrgError). Returns ``path``.
+    """
+    from strg_deploy.models.serialization import save_tensors
+
+    path = Path(path)
+    tensors = {}
+    with_frames = set()
+    for video_id, entry in entries.items():
+        fields = _entry_tensors(str(video_id), entry)
+        with_frames.add("fps" in fields)
+        for name, t in fields.items():
+            tensors[f"{video_id}/{name}"] = t.detach().cpu().contiguous()
+    if len(with_frames) > 1:
+        raise StrgError("precomputed boxes: give fps and size for every video or for none")
+    version = PRECOMPUTED_VERSION if with_frames == {True} else "1"
+    metadata = {"format": PRECOMPUTED_FORMAT, "version": version}
+    return save_tensors(tensors, path, metadata)
+
+
+class PrecomputedBoxes:
+    """Boxes read from a file written by :func:`write_precomputed`, as fixed-N :class:`Proposals`.
+
+    ``source(video_id, frame_indices)`` -> boxes [F, N, 4], scores [F, N], mask [F, N] for the frames
+    asked for, in that order; each frame keeps its first N valid boxes in stored order. A missing file,
+    video or frame raises StrgError naming it. Only the file's header is read on construction; tensors
+    are read lazily, one video at a time, through a handle each process opens for itself (the source
+    pickles without it, so it can go to data-loader worker processes). ``version``: the file's format
+    version ("1" or "2"; see the module docstring).
+    """
+
+    def __init__(self, path: str | Path, num_boxes: int):
+        if num_boxes <= 0:
+            raise StrgError(f"num_boxes must be positive, got {num_boxes}")
+        self.path = Path(path)
+        self.num_boxes = num_boxes
+        if not self.path.is_file():
+            raise StrgError(f"precomputed boxes not found: {self.path}")
+        self._handle: Any = None
+        self._pid: int | None = None
+        metadata = self._file().metadata() or {}
+        if metadata.get("format") != PRECOMPUTED_FORMAT:
+            raise StrgError(f"{self.path} is not a precomputed-boxes file (metadata {json.dumps(metadata)})")
+        if metadata.get("version") not in PRECOMPUTED_VERSIONS:
+            raise StrgError(
+                f"precomputed boxes {self.path} have format version {metadata.get('version')}, "
+                f"this version reads {', '.join(PRECOMPUTED_VERSIONS)}"
+            )
+        self.version: str = metadata["version"]
+
+    def _file(self) -> Any:
+        """This process's open safetensors handle of the file (opened on first use in each process)."""
+        import os
+
+        from safetensors import safe_open
+
+        if self._handle is None or self._pid != os.getpid():
+            try:
+                self._handle = safe_open(str(self.path), framework="pt")
+            except Exception as err:  # safetensors raises its own error types for damaged headers
+                raise StrgError(f"cannot read precomputed boxes {self.path}: {err}") from None
+            self._pid = os.getpid()
+        return self._handle
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_handle=None, _pid=None)
+        state.pop("videos", None)
+        return state
+
+    @functools.cached_property
+    def videos(self) -> tuple[str, ...]:
+        """Every video id in the file, sorted (reads the tensor names of the whole header)."""
+        return tuple(sorted({k.rsplit("/", 1)[0] for k in self._file().keys()}))
+
+    def has(self, video_id: str) -> bool:
+        """Whether the file holds boxes of ``video_id`` (one name lookup, no tensor read)."""
+        try:
+            self._file().get_slice(f"{video_id}/boxes")
+        except Exception:  # safetensors' error for an absent name
+            return False
+        return True
+
+    def stored(self, video_id: str) -> dict[str, Tensor]:
+        """The stored tensors of one video, every box of every stored frame (not cut to N): the fields of
+        the module docstring (fps and size in version 2 files only). StrgError when the file has no such
+        video."""
+        if not self.has(video_id):
+            raise StrgError(f"precomputed boxes {self.path} have no video {video_id!r}")
+        f = self._file()
+        names = _FIELDS + (_FRAME_FIELDS if self.version != "1" else ())
+        return {name: f.get_tensor(f"{video_id}/{name}") for name in names}
+
+    def __call__(self, video_id: str, frame_indices: Sequence[int] | Tensor) -> Proposals:
+        data = self.stored(video_id)
+        wanted = torch.as_tensor(frame_indices, dtype=torch.int64).reshape(-1)
+        row_of = {int(v): i for i, v in enumerate(data["frame_index"].tolist())}
+        absent = [int(i) for i in wanted.tolist() if int(i) not in row_of]
+        if absent:
+            raise StrgError(
+                f"precomputed boxes {self.path} have no frame(s) {_listing([str(i) for i in absent], 8)} "
+                f"of video {video_id!r} (it has {len(row_of)} frames)"
+            )
+        rows = torch.tensor([row_of[int(i)] for i in wanted.tolist()], dtype=torch.int64)
+        return pad_to_n(data["boxes"][rows], data["mask"][rows], self.num_boxes, data["scores"][rows])
 
 
 def _one_line(error: BaseException) -> str:

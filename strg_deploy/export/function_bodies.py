@@ -1,9 +1,9 @@
-"""Function bodies for the custom nodes of :mod:`strg_deploy.custom_ops`, made of standard ONNX ops.
+"""Function bodies for the custom nodes of :mod:`strg_deploy.contract.nodes`, made of standard ONNX ops.
 
 The exporter writes ``strg::FrameRoIAlignMax`` and ``strg::SpaceTimeGraph`` nodes (see
 ``strg_deploy.models.custom_nodes``); :func:`attach_functions` adds a model-local function
 (FunctionProto) for each, so onnxruntime runs the body while TensorRT's parser maps the node to the
-plugin named by its ``plugin_namespace``. ``custom_ops.inline_functions`` writes the
+plugin named by its ``plugin_namespace``. ``contract.nodes.inline_functions`` writes the
 same model without functions (for OpenVINO and tools that do not take them). ``onnx.checker`` accepts
 a custom node without a body, so :func:`missing_functions` checks that every custom node has one.
 
@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, FunctionProto, ModelProto, helper, numpy_helper
 
-from strg_deploy.custom_ops import DOMAIN, OPS, ROI_ALIGN_MAX, SPACE_TIME_GRAPH, plugin_attributes
+from strg_deploy.contract.nodes import DOMAIN, OPS, ROI_ALIGN_MAX, SPACE_TIME_GRAPH, plugin_attributes
 
 _TINY = float(np.finfo(np.float32).tiny)
 
