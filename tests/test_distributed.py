@@ -1,5 +1,5 @@
-"""Two gloo processes train like one process with the same global batch (BatchNorm frozen): the action
-model (`fit`) and the RPN (`fit_proposer`)."""
+"""Two gloo processes train like one process with the same global batch (BatchNorm frozen), even when
+they are stopped mid-epoch and resume: the action model (`fit`) and the RPN (`fit_proposer`)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ OPTIONS = TrainOptions(epochs=1, batch_size=4, lr=0.05, workers=0, seed=3, freez
 TOLERANCE = 1e-5  # the gradient all-reduce sums in another order than one process does
 
 
-def run(root, run_dir, rank: int = 0, world: int = 1, init: str | None = None):
+def run(root, run_dir, rank: int = 0, world: int = 1, init: str | None = None, stop_at: int | None = None):
+    """fit on the synthetic set; with ``stop_at`` stopped after that step (max_steps) and resumed."""
     torch.set_num_threads(1)
     if world > 1:
         torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
@@ -40,7 +41,10 @@ def run(root, run_dir, rank: int = 0, world: int = 1, init: str | None = None):
         )
         torch.manual_seed(0)
         model = build_model(cfg)
-        fit(model, dataset, val_set, run_dir, OPTIONS)
+        if stop_at is not None:
+            fit(model, dataset, val_set, run_dir, dataclasses.replace(OPTIONS, max_steps=stop_at))
+            model = build_model(cfg)  # other weights: the resume loads them
+        fit(model, dataset, val_set, run_dir, OPTIONS, resume=stop_at is not None)
         return model.state_dict()
     finally:
         if world > 1:
@@ -48,7 +52,7 @@ def run(root, run_dir, rank: int = 0, world: int = 1, init: str | None = None):
 
 
 def _worker(rank, root, run_dir, init):
-    run(root, run_dir, rank, 2, init)
+    run(root, run_dir, rank, 2, init, stop_at=1)  # one step of the epoch's two, then the resume
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +102,13 @@ def test_two_gloo_processes_match_one(synthetic, tmp_path):
 # The RPN (`strg train --task proposals` under torchrun)
 
 
-def run_proposer(root, run_dir, rank: int = 0, world: int = 1, init: str | None = None) -> dict:
+def run_proposer(
+    root, run_dir, rank: int = 0, world: int = 1, init: str | None = None, stop_at: int | None = None
+) -> dict:
     """fit_proposer with every anchor labelled and sampled: then each process's loss is a mean over as many
     anchors as the other's, and the average of the two is the one-process loss (with torchvision's 256
-    random anchors per frame the draws depend on how the frames are split)."""
+    random anchors per frame the draws depend on how the frames are split). With ``stop_at`` stopped
+    after that step (max_steps) and resumed."""
     torch.set_num_threads(1)
     proposer.FG_IOU = proposer.BG_IOU = 0.5  # no anchor between the thresholds (ignored)
     proposer.ANCHORS_PER_IMAGE = 10**9  # every labelled anchor sampled
@@ -116,14 +123,17 @@ def run_proposer(root, run_dir, rank: int = 0, world: int = 1, init: str | None 
             read_something_something_v2(root, "validation"), cfg, train=False, tracks=tracks
         )
         options = dataclasses.replace(OPTIONS, epochs=2)
-        return proposer.fit_proposer(cfg, train_set, val_set, run_dir, options)
+        if stop_at is not None:
+            stopped = dataclasses.replace(options, max_steps=stop_at)
+            proposer.fit_proposer(cfg, train_set, val_set, run_dir, stopped)
+        return proposer.fit_proposer(cfg, train_set, val_set, run_dir, options, resume=stop_at is not None)
     finally:
         if world > 1:
             torch.distributed.destroy_process_group()
 
 
 def _proposer_worker(rank, root, run_dir, init):
-    run_proposer(root, run_dir, rank, 2, init)
+    run_proposer(root, run_dir, rank, 2, init, stop_at=3)  # inside the second epoch, then the resume
 
 
 def test_two_gloo_processes_fine_tune_the_rpn_like_one(synthetic, tmp_path, monkeypatch):

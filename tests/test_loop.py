@@ -1,7 +1,10 @@
-"""The training loop: a tiny run trains and validates; a stopped run resumes to the same weights."""
+"""The training loop, for both tasks (the action model and the RPN): a tiny run trains and validates;
+a run interrupted mid-epoch resumes to the same bytes; save_every, max_steps and mixed precision."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 
 import pytest
@@ -12,11 +15,15 @@ from strg_deploy.data.datasets import read_box_tracks, read_something_something_
 from strg_deploy.data.synthetic import generate
 from strg_deploy.errors import StrgError
 from strg_deploy.models.serialization import load_pretrained
+from strg_deploy.models.state_dicts import read_state_dict
 from strg_deploy.models.strg import build_model
 from strg_deploy.train.data import ClipDataset, LoaderConfig
-from strg_deploy.train.loop import EpochSampler, TrainOptions, fit
+from strg_deploy.train.loop import ActionTask, EpochSampler, TrainOptions, fit, train_task
+from strg_deploy.train.proposer import DETECTOR_FILE, ProposalTask, fit_proposer
 
 OPTIONS = TrainOptions(epochs=2, batch_size=4, lr=0.05, workers=0, seed=7, warmup_epochs=0.5)
+TASKS = ("classes", "proposals")
+VOLATILE = {"train_clips_per_second", "train_frames_per_second", "loader_share", "epoch_seconds"}
 
 
 @pytest.fixture(scope="module")
@@ -79,54 +86,136 @@ def test_tiny_run_trains_validates_and_writes_checkpoints(data, tmp_path):
     assert load_pretrained(tmp_path / "run" / "best").cfg == cfg
 
 
-def test_a_stopped_run_resumes_to_the_same_weights(data, tmp_path):
+def run_task(task, data, run_dir, options, *, resume=False, on_step=None, validation=True):
+    """Train ``task`` ("classes": a fresh STRG; "proposals": the RPN) on fresh datasets; the model that
+    a resume starts from has other weights (resuming must load them)."""
     cfg = data[0]
-    train_set, _ = datasets(data, tmp_path / "cache")
-    straight = fresh_model(cfg)
-    fit(straight, train_set, None, tmp_path / "straight", OPTIONS)
-
-    stopped = fresh_model(cfg)
-    options = TrainOptions(**{**OPTIONS.__dict__, "max_steps": 4})
-    position = fit(stopped, train_set, None, tmp_path / "stopped", options)
-    assert (position.epoch, position.step) == (1, 1)  # killed inside the second epoch
-    torch.manual_seed(123)  # the process that resumes starts from other RNG states
-    resumed = build_model(cfg)
-    fit(resumed, train_set, None, tmp_path / "stopped", OPTIONS, resume=True)
-    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    train_set, val_set = datasets(data, run_dir.parent / "cache")
+    if task == "proposals":
+        return fit_proposer(cfg, train_set, val_set, run_dir, options, resume=resume, on_step=on_step)
+    torch.manual_seed(123 if resume else 0)
+    model = build_model(cfg)
+    return fit(
+        model, train_set, val_set if validation else None, run_dir, options, resume=resume, on_step=on_step
+    )
 
 
-def test_unreadable_videos_are_skipped_counted_and_bounded(tmp_path):
-    root = tmp_path / "synth"
-    generate(root, videos_train=8, videos_validation=2, size=64, frames=16, workers=1, seed=2)
-    (root / "videos" / "3.mp4").write_bytes(b"damaged beyond repair")
-    train = read_something_something_v2(root, "train")
-    cfg = preset("tiny").with_classes(train.classes)
-    dataset = ClipDataset(train, cfg, train=True, tracks=read_box_tracks(root / "boxes.jsonl"))
-    broken = [r.video_id for r in train.records].index("3")
-    assert int(dataset[broken]["skipped"]) == 1 and int(dataset[broken]["video"]) == broken + 1
-    options = TrainOptions(epochs=1, batch_size=4, workers=0, max_unreadable=0.5)
-    fit(fresh_model(cfg), dataset, None, tmp_path / "run", options)
-    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
-    assert metrics["unreadable_videos"] == 1  # once per unreadable video, not per item that passed it over
-    strict = TrainOptions(epochs=1, batch_size=4, workers=0, max_unreadable=0.0)
-    message = r"1 of the 8 videos read in epoch 1 could not be decoded \(more than max_unreadable = 0%\)"
-    with pytest.raises(StrgError, match=message):
-        fit(fresh_model(cfg), dataset, None, tmp_path / "strict", strict)
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def saved_state(run_dir, name="last"):
+    return torch.load(run_dir / name / "state.pt", weights_only=True)
+
+
+def metrics_lines(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE} for line in lines]
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_at(global_step):
+    def on_step(step, total, loss):
+        if step == global_step:
+            raise Killed
+
+    return on_step
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_run_killed_mid_epoch_resumes_to_the_same_bytes(data, tmp_path, task):
+    """Killed inside the second epoch (last/ saved every step), resumed: the same weights, checkpoints,
+    metrics lines (the resumed epoch's training loss included) and, for the RPN, detector file."""
+    run_task(task, data, tmp_path / "straight", OPTIONS)
+    with pytest.raises(Killed):  # killed at step 6, before its save: last/ holds step 5 = epoch 2, step 2
+        run_task(
+            task, data, tmp_path / "parts", dataclasses.replace(OPTIONS, save_every=1), on_step=kill_at(6)
+        )
+    position = saved_state(tmp_path / "parts")["position"]
+    assert (position["epoch"], position["step"], position["global_step"]) == (1, 2, 5)
+    steps = []
+    run_task(task, data, tmp_path / "parts", OPTIONS, resume=True, on_step=lambda *a: steps.append(a[:2]))
+    assert steps == [(6, 6)]
+    straight, parts = tmp_path / "straight", tmp_path / "parts"
+    for name in ("last", "best"):
+        assert digest(parts / name / "model.safetensors") == digest(straight / name / "model.safetensors")
+    assert metrics_lines(parts) == metrics_lines(straight) and len(metrics_lines(parts)) == 2
+    if task == "proposals":
+        assert digest(parts / DETECTOR_FILE) == digest(straight / DETECTOR_FILE)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_save_every_max_steps_and_a_resume_of_an_older_checkpoint(data, tmp_path, task):
+    run = tmp_path / "run"
+    options = dataclasses.replace(OPTIONS, save_every=2)
+    with pytest.raises(Killed):  # killed at step 3: the save of step 2 is there
+        run_task(task, data, run, options, on_step=kill_at(3), validation=False)
+    assert saved_state(run)["position"]["global_step"] == 2
+    steps = []
+    stopped = dataclasses.replace(OPTIONS, max_steps=4)
+    run_task(task, data, run, stopped, resume=True, on_step=lambda *a: steps.append(a[0]), validation=False)
+    state = saved_state(run)
+    assert steps == [3, 4] and (state["position"]["epoch"], state["position"]["step"]) == (1, 1)
+    assert len(metrics_lines(run)) == 1
+    extra = json.loads(state["extra"])
+    assert extra["task"] == task and extra["epoch_progress"]["clips"] == 4
+    # a checkpoint written before the loop was shared: no task (the action model's), no epoch sums
+    older = {k: v for k, v in extra.items() if k != "epoch_progress" and (task != "classes" or k != "task")}
+    torch.save({**state, "extra": json.dumps(older)}, run / "last" / "state.pt")
+    steps.clear()
+    run_task(task, data, run, OPTIONS, resume=True, on_step=lambda *a: steps.append(a[0]), validation=False)
+    assert steps == [5, 6] and [m["epoch"] for m in metrics_lines(run)] == [1, 2]
+    other = "proposals" if task == "classes" else "classes"
+    with pytest.raises(StrgError, match=f"is a checkpoint of --task {task}, not --task {other}"):
+        run_task(other, data, run, OPTIONS, resume=True)
+
+
+def first_conv(model):
+    return next(m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)))
+
+
+def make_task(task, data, options, tmp_path):
+    cfg = data[0]
+    train_set, val_set = datasets(data, tmp_path / "cache")
+    if task == "proposals":
+        return ProposalTask(cfg, val_set, options), train_set
+    return ActionTask(fresh_model(cfg), None, options), train_set
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, None])
+@pytest.mark.parametrize("task", TASKS)
+def test_mixed_precision_autocasts_both_tasks(data, tmp_path, task, dtype):
+    """CPU autocast (bfloat16) follows CUDA's casting rules: both tasks train under it, the weights and
+    their checkpoint stay float32; without it the same steps compute in float32."""
+    options = dataclasses.replace(OPTIONS, max_steps=2)
+    trainer, train_set = make_task(task, data, options, tmp_path)
+    seen, losses = [], []
+    first_conv(trainer.model.backbone).register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    run = tmp_path / "run"
+    train_task(trainer, train_set, run, options, cpu_autocast=dtype, on_step=lambda *a: losses.append(a[2]))
+    assert set(seen) == {dtype or torch.float32}
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert saved_state(run)["scaler"] is None  # gradient scaling is for CUDA's float16
+    weights = read_state_dict(run / "last" / "model.safetensors")
+    floats = [w for w in weights.values() if w.is_floating_point()]
+    assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in floats)
 
 
 @pytest.mark.skipif(
     not torch.cuda.is_available(), reason="mixed precision runs on CUDA only: needs a CUDA GPU"
 )
-def test_cuda_mixed_precision_trains_and_saves_the_scaler(data, tmp_path):
-    cfg = data[0]
-    train_set, _ = datasets(data, tmp_path / "cache")
-    options = TrainOptions(**{**OPTIONS.__dict__, "device": "cuda", "max_steps": 2})
-    model = fresh_model(cfg)
-    fit(model, train_set, None, tmp_path / "run", options)
-    state = torch.load(tmp_path / "run" / "last" / "state.pt", weights_only=True)
-    assert state["scaler"] is not None
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+@pytest.mark.parametrize("task", TASKS)
+def test_cuda_mixed_precision_trains_and_saves_the_scaler(data, tmp_path, task):
+    options = dataclasses.replace(OPTIONS, device="cuda", max_steps=2)
+    trainer, train_set = make_task(task, data, options, tmp_path)
+    seen = []
+    first_conv(trainer.model.backbone).register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    train_task(trainer, train_set, tmp_path / "run", options)
+    assert saved_state(tmp_path / "run")["scaler"] is not None and set(seen) == {torch.float16}
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
 def test_metrics_also_go_to_tensorboard(data, tmp_path):

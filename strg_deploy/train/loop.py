@@ -1,31 +1,48 @@
-"""The training loop: epochs of SGD steps, validation per video, `last/` and `best/` checkpoints, resume.
+"""The training loop, one for every task: epochs of SGD steps, validation, `last/` and `best/`
+checkpoints, metrics, resume.
 
-``fit`` trains a model on a :class:`~strg_deploy.train.data.ClipDataset`. Every step is reproducible from
-(seed, epoch, position): the shuffle order of an epoch comes from the seed and the epoch alone, the clip
-of an item from (seed, epoch, item), and the checkpoint carries the model, optimiser, schedule and RNG
-states, so a run stopped after any saved step and resumed ends with the weights of an uninterrupted run.
-Metrics go to ``RUN_DIR/metrics.jsonl`` (one JSON object per epoch: validation metrics, the training
-throughput in clips/s and the loader's share of the step time, i.e. time spent waiting for batches).
+:func:`train_task` trains what a :class:`Task` supplies (the model, how a batch becomes a loss, how
+validation measures it and which metric picks ``best/``): :class:`ActionTask` (:func:`fit`) for the
+action model, ``train.proposer.ProposalTask`` (``fit_proposer``) for the RPN. Both get the same device
+choice, DistributedDataParallel under torchrun, sampler, schedule, mixed precision, finite-loss check,
+gradient clipping, ``save_every``/``max_steps``, unreadable-video accounting, metrics and checkpoints.
+
+Every step is reproducible from (seed, epoch, position): the shuffle order of an epoch comes from the
+seed and the epoch alone, the clip of an item from (seed, epoch, item), and the checkpoint carries the
+model, optimiser, schedule, gradient scaler and RNG states and the sums of an epoch saved part-way, so
+a run stopped after any saved step, mid-epoch included, and resumed ends with the weights and metrics
+of an uninterrupted run. Metrics go to ``RUN_DIR/metrics.jsonl`` (one JSON object per epoch: the mean
+training loss and its parts, validation metrics, the training throughput in clips/s and the loader's
+share of the step time, i.e. time spent waiting for batches).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from strg_deploy.errors import StrgError
 from strg_deploy.fileio import atomic_write_text
 from strg_deploy.processes import loader_worker_init
-from strg_deploy.train.checkpoint import TrainPosition, load_checkpoint, remove_stale_saves, save_checkpoint
+from strg_deploy.train.checkpoint import (
+    TrainPosition,
+    checkpoint_dir,
+    checkpoint_extra,
+    load_checkpoint,
+    remove_stale_saves,
+    save_checkpoint,
+)
 from strg_deploy.train.data import ClipDataset
 from strg_deploy.train.metrics import VideoScores, evaluate
 from strg_deploy.train.optim import make_optimizer, scaled_lr, warmup_cosine
@@ -203,10 +220,10 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def _check_unreadable(unreadable: int, seen: int, epoch: int, limit: float) -> None:
+def _check_unreadable(unreadable: float, seen: float, epoch: int, limit: float) -> None:
     if unreadable > limit * seen:
         raise StrgError(
-            f"{unreadable} of the {seen} videos read in epoch {epoch + 1} could not be decoded "
+            f"{int(unreadable)} of the {int(seen)} videos read in epoch {epoch + 1} could not be decoded "
             f"(more than max_unreadable = {limit:.0%}): check the data"
         )
 
@@ -269,10 +286,123 @@ def _metrics_lines(run_dir: Path) -> list[str]:
         raise StrgError(f"cannot read {path}: {err}") from None
 
 
-def fit(
-    model: nn.Module,
-    train_set: ClipDataset,
-    val_set: ClipDataset | None,
+# ----------------------------------------------------------------------------------------------------
+# The loop: one for every task
+
+
+class Task:
+    """What one training task gives :func:`train_task`: the model, how a batch becomes a loss, and how
+    validation measures it. Subclasses set ``model`` and override the hooks they need.
+
+    ``model`` is trained and checkpointed (it needs a ``cfg``, see save_checkpoint). ``best_metric`` is
+    the key of :meth:`validate`'s metrics that picks ``best/`` (``higher_is_better`` its direction);
+    None saves every epoch's weights as ``best/``. ``parts`` name the scalars :meth:`loss` returns beside
+    the loss; each epoch's metrics line holds their means over the epoch's clips.
+    """
+
+    name: str = "classes"  # recorded in checkpoints: a run resumes only as the task it was
+    best_metric: str | None = None
+    higher_is_better: bool = True
+    parts: tuple[str, ...] = ()
+    model: nn.Module
+
+    def objective(self) -> nn.Module:
+        """The module whose forward :meth:`loss` runs (wrapped in DistributedDataParallel under torchrun,
+        which averages the gradients of what runs inside its wrapped module's forward)."""
+        return self.model
+
+    def loss(self, objective: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """(scalar loss, {part: scalar}) of one batch already on the device, run under autocast."""
+        raise NotImplementedError
+
+    def start_epoch(self, epoch: int, done: int, steps: int, batch_at: Callable[[int], dict]) -> None:
+        """Before epoch ``epoch`` trains from its step ``done`` on (> 0 for a run resumed mid-epoch) of
+        ``steps``; ``batch_at(k)`` loads this process's batch k of the epoch, as the loader gives it."""
+
+    def end_training(self) -> None:
+        """After an epoch's last step, before :meth:`validate` (every process)."""
+
+    def validate(self, device: torch.device) -> dict:
+        """Validation metrics of the whole split on every process (JSON-able); {} without validation."""
+        return {}
+
+    def epoch_metrics(self, metrics: dict) -> dict:
+        """More keys for an epoch's metrics line, given the line so far."""
+        return {}
+
+    def publish(self, run_dir: Path) -> None:
+        """Rank 0, after each epoch's metrics line: write what the task delivers besides checkpoints."""
+
+
+class Trained(NamedTuple):
+    """What :func:`train_task` returns: where training stopped and the last finished epoch's metrics
+    line ({} before the first)."""
+
+    position: TrainPosition
+    metrics: dict
+
+
+PROGRESS_KEY = "epoch_progress"  # checkpoint extra: the sums of an epoch saved part-way (see _EpochSums)
+
+
+@dataclass
+class _EpochSums:
+    """An epoch's running totals. Summed over the processes before a save inside the epoch (rank 0
+    keeps them in the checkpoint, so a resumed epoch reports what an uninterrupted one would) and at the
+    epoch's end. ``seconds`` is rank 0's wall time of the epoch before a resume (never summed)."""
+
+    seen: float = 0.0  # videos read (each item counts its own video once)
+    unreadable: float = 0.0
+    clips: float = 0.0
+    loss: float = 0.0  # sum of loss x clips
+    waiting: float = 0.0  # seconds spent waiting for batches
+    computing: float = 0.0
+    seconds: float = 0.0
+    parts: dict[str, float] = field(default_factory=dict)
+
+    _SUMMED = ("seen", "unreadable", "clips", "loss", "waiting", "computing")
+
+    @classmethod
+    def start(cls, parts: tuple[str, ...], saved: dict | None) -> _EpochSums:
+        sums = cls(parts=dict.fromkeys(parts, 0.0))
+        if saved:
+            try:
+                for key in (*cls._SUMMED, "seconds"):
+                    setattr(sums, key, float(saved[key]))
+                sums.parts.update({key: float(saved["parts"][key]) for key in parts})
+            except (KeyError, TypeError, ValueError) as err:
+                raise StrgError(f"checkpoint {PROGRESS_KEY} is malformed: {err}") from None
+        return sums
+
+    def reduced(self, world: int) -> _EpochSums:
+        """The totals of all processes (a collective call under torch.distributed)."""
+        values = sum_over_ranks([*(getattr(self, k) for k in self._SUMMED), *self.parts.values()], world)
+        count = len(self._SUMMED)
+        summed = dict(zip(self._SUMMED, values[:count], strict=True))
+        parts = dict(zip(self.parts, values[count:], strict=True))
+        return _EpochSums(**summed, seconds=self.seconds, parts=parts)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _batch_at(dataset: torch.utils.data.Dataset, sampler: EpochSampler, k: int, size: int) -> dict:
+    """Batch ``k`` (``size`` items) of ``sampler``'s order, collated as a DataLoader collates it."""
+    indices = sampler.indices()[k * size : (k + 1) * size]
+    return torch.utils.data.default_collate([dataset[int(i)] for i in indices])
+
+
+def _autocast_dtype(device: torch.device, amp: bool, cpu_autocast: torch.dtype | None) -> torch.dtype | None:
+    """float16 on CUDA with ``amp``; on the CPU ``cpu_autocast`` (None: no autocast, bf16 made the small
+    preset's step 17x slower here; the tests pass bfloat16, which follows the same casting rules)."""
+    if not amp:
+        return None
+    return torch.float16 if device.type == "cuda" else cpu_autocast
+
+
+def train_task(
+    task: Task,
+    train_set: torch.utils.data.Dataset,
     run_dir: str | Path,
     options: TrainOptions = TrainOptions(),
     *,
@@ -280,15 +410,21 @@ def fit(
     on_step: Callable[[int, int, float], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     extra: dict | None = None,
-) -> TrainPosition:
-    """Train ``model`` (its ``loss`` gives the objective) and write checkpoints under ``run_dir``.
+    cpu_autocast: torch.dtype | None = None,
+) -> Trained:
+    """Train ``task.model`` on ``train_set`` (items as ClipDataset gives them, with ``skipped``) and write
+    checkpoints and metrics under ``run_dir``; see the module docstring. Returns where it stopped.
 
-    ``extra`` (JSON-able) is kept in every checkpoint's training state beside the options; a resumed
-    run keeps what its checkpoint held and adds ``extra`` to it.
+    Per step: ``task.loss`` under autocast (float16 on CUDA with ``options.amp``, with gradient scaling),
+    a finite-loss check, SGD with gradient clipping at ``options.max_grad_norm``, the warm-up + cosine
+    schedule; ``last/`` every ``options.save_every`` steps and at ``options.max_steps`` (then it returns).
+    Per epoch: ``task.end_training``, ``task.validate``, a line in metrics.jsonl (and TensorBoard),
+    ``task.publish``, ``last/``, and ``best/`` when ``task.best_metric`` improved.
 
-    on_step(global_step, total_steps, loss) is called after every step (progress bars), on_epoch(metrics)
-    after every epoch with the line written to metrics.jsonl (rank 0 only for both). Returns the final
-    position. With ``resume`` the run continues from ``run_dir/last``.
+    ``extra`` (JSON-able) is kept in every checkpoint's training state beside the task's name and the
+    options; a resumed run keeps what its checkpoint held and adds ``extra`` to it. on_step(global_step,
+    total_steps, loss) is called after every step, on_epoch(metrics line) after every epoch (rank 0 only
+    for both). With ``resume`` the run continues from ``run_dir/last``, mid-epoch included.
     """
     run_dir = Path(run_dir)
     rank, world = distributed()
@@ -296,81 +432,99 @@ def fit(
     steps_per_epoch = len(train_set) // options.batch_size
     if steps_per_epoch < 1:
         raise StrgError(f"{len(train_set)} training clips make no batch of {options.batch_size}")
-    total = steps_per_epoch * options.epochs
-    torch.manual_seed(options.seed)
-    model.to(device)
-    if options.freeze_bn:
-        _freeze_batch_norm(model)
     if options.batch_size % world:
         raise StrgError(f"the batch size {options.batch_size} does not split over {world} processes")
-    forward = model
+    total = steps_per_epoch * options.epochs
+    local_batch = options.batch_size // world
+    torch.manual_seed(options.seed)
+    model = task.model.to(device)
+    if options.freeze_bn:
+        _freeze_batch_norm(model)
+    objective = task.objective()
     if world > 1:  # gradients averaged over the processes; rank 0 alone writes
-        forward = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None
+        objective = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device] if device.type == "cuda" else None
         )
     optimizer = make_optimizer(
         model, scaled_lr(options.lr, options.batch_size), weight_decay=options.weight_decay
     )
     warmup = min(round(options.warmup_epochs * steps_per_epoch), total - 1)
     scheduler = warmup_cosine(optimizer, total, warmup)
-    use_amp = options.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp) if use_amp else None
-    position = TrainPosition(epoch=0, step=0, global_step=0, best_metric=None, seed=options.seed)
+    amp_dtype = _autocast_dtype(device, options.amp, cpu_autocast)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    position = TrainPosition(seed=options.seed)
     saved_extra: dict = {}
     if resume:
-        position, saved_extra, _ = load_checkpoint(run_dir / "last", model, optimizer, scheduler, scaler)
-    extra = {**saved_extra, **(extra or {}), "options": dataclasses.asdict(options)}
+        folder = checkpoint_dir(run_dir, "last")
+        trained_as = checkpoint_extra(folder).get("task", "classes")  # none: from before the RPN's task
+        if trained_as != task.name:
+            raise StrgError(f"{folder} is a checkpoint of --task {trained_as}, not --task {task.name}")
+        position, saved_extra, _ = load_checkpoint(folder, model, optimizer, scheduler, scaler)
+    progress = saved_extra.pop(PROGRESS_KEY, None)
+    extra = {**saved_extra, **(extra or {}), "task": task.name, "options": dataclasses.asdict(options)}
     if rank == 0:
         remove_stale_saves(run_dir)
     # metrics.jsonl holds one line per finished epoch: a resumed run drops lines of epochs its checkpoint
     # had not finished (a kill between the line and the save) and the file is rewritten whole each epoch
     logged = _metrics_lines(run_dir)[: position.epoch] if resume else []
+    last_metrics = _parse_line(run_dir, logged[-1]) if logged else {}
 
-    def save(name: str) -> None:
+    def save(name: str, sums: _EpochSums | None = None) -> None:
+        """Write ``name``; inside an epoch (``sums``, reduced over the processes) with its totals."""
+        state = extra if sums is None else {**extra, PROGRESS_KEY: sums.to_dict()}
         if rank == 0:
-            save_checkpoint(run_dir, name, model, optimizer, scheduler, scaler, position, extra)
+            save_checkpoint(run_dir, name, model, optimizer, scheduler, scaler, position, state)
 
     def wait_for_rank0() -> None:
         if world > 1:
             torch.distributed.barrier()
 
+    def reached_max_steps() -> bool:
+        return options.max_steps is not None and position.global_step >= options.max_steps
+
+    if reached_max_steps():
+        return Trained(position, last_metrics)
     while position.epoch < options.epochs:
         epoch = position.epoch
         train_set.set_epoch(epoch)
-        sampler = EpochSampler(
+        sampler = functools.partial(
+            EpochSampler,
             len(train_set),
             options.seed,
             epoch,
-            start=position.step * options.batch_size,
             batch_size=options.batch_size,
             rank=rank,
             world=world,
         )
+        batch_at = functools.partial(_batch_at, train_set, sampler(), size=local_batch)
+        task.start_epoch(epoch, position.step, steps_per_epoch, batch_at)
         loader = torch.utils.data.DataLoader(
             train_set,
-            batch_size=options.batch_size // world,
-            sampler=sampler,
+            batch_size=local_batch,
+            sampler=sampler(start=position.step * options.batch_size),
             num_workers=options.workers,
             drop_last=True,
             worker_init_fn=loader_worker_init(),
+            generator=torch.Generator().manual_seed(options.seed),  # leaves the global RNG alone
         )
         model.train()
         if options.freeze_bn:
             _freeze_batch_norm(model)
-        seen = unreadable = clips = 0
-        waiting = computing = loss_sum = 0.0
+        sums = _EpochSums.start(task.parts, progress if rank == 0 else None)
+        progress = None
         tick = epoch_start = time.perf_counter()
         for batch in loader:
             fetched = time.perf_counter()
-            waiting += fetched - tick
-            seen += len(batch["skipped"])  # each item counts its own video once: 1 if it was unreadable
-            unreadable += int(batch["skipped"].sum())
-            if seen >= 100:  # judged early only on enough videos; always at the epoch's end
-                _check_unreadable(unreadable, seen, epoch, options.max_unreadable)
+            sums.waiting += fetched - tick
+            count = len(batch["skipped"])
+            sums.seen += count  # each item counts its own video once: 1 if it was unreadable
+            sums.unreadable += int(batch["skipped"].sum())
+            if sums.seen >= 100:  # judged early only on enough videos; always at the epoch's end
+                _check_unreadable(sums.unreadable, sums.seen, epoch, options.max_unreadable)
             batch = _to(batch, device)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                logits = forward(batch["clip"], batch.get("boxes"), batch.get("mask"))
-                loss = model.loss(logits.float(), batch["target"])
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss, parts = task.loss(objective, batch)
+            loss = loss.float()
             if not torch.isfinite(loss):
                 raise StrgError(f"the loss became {loss.item()} at step {position.global_step}: lower --lr")
             optimizer.zero_grad(set_to_none=True)
@@ -388,56 +542,136 @@ def fit(
                 scaler.update()
             scheduler.step()
             tick = time.perf_counter()
-            computing += tick - fetched
-            clips += len(batch["skipped"])
-            loss_sum += float(loss.detach()) * len(batch["skipped"])
+            sums.computing += tick - fetched
+            value = float(loss.detach())
+            sums.clips += count
+            sums.loss += value * count
+            for key in task.parts:
+                sums.parts[key] += float(parts[key].detach()) * count
             position = dataclasses.replace(
                 position, step=position.step + 1, global_step=position.global_step + 1
             )
             if on_step is not None and rank == 0:
-                on_step(position.global_step, total, float(loss.detach()))
-            stop = options.max_steps is not None and position.global_step >= options.max_steps
+                on_step(position.global_step, total, value)
+            stop = reached_max_steps()
             if stop or (options.save_every and position.step % options.save_every == 0):
-                save("last")
+                sums.seconds += time.perf_counter() - epoch_start
+                epoch_start = time.perf_counter()
+                save("last", sums.reduced(world))
             if stop:
                 wait_for_rank0()
-                return position
-        seen, unreadable, clips, loss_sum, waiting, computing = sum_over_ranks(
-            [seen, unreadable, clips, loss_sum, waiting, computing], world
-        )
-        _check_unreadable(unreadable, seen, epoch, options.max_unreadable)
+                return Trained(position, last_metrics)
+        task.end_training()
+        totals = sums.reduced(world)
+        _check_unreadable(totals.unreadable, totals.seen, epoch, options.max_unreadable)
         position = dataclasses.replace(position, epoch=epoch + 1, step=0)
+        clips = max(totals.clips, 1)
         metrics = {
             "epoch": epoch + 1,
             "global_step": position.global_step,
             "lr": scheduler.get_last_lr()[0],
-            "train_loss": loss_sum / max(clips, 1),  # mean over this epoch's clips (of a resumed part only)
-            "unreadable_videos": int(unreadable),
+            "train_loss": totals.loss / clips,  # mean over this epoch's clips
+            **{key: value / clips for key, value in totals.parts.items()},
+            "unreadable_videos": int(totals.unreadable),
             # clips of all processes per second of one process's time (processes run side by side)
-            "train_clips_per_second": clips / max((waiting + computing) / world, 1e-9),
-            "loader_share": waiting / max(waiting + computing, 1e-9),
+            "train_clips_per_second": totals.clips / max((totals.waiting + totals.computing) / world, 1e-9),
+            "loader_share": totals.waiting / max(totals.waiting + totals.computing, 1e-9),
         }
-        improved = False
-        if val_set is not None:
-            metrics.update(validate(model, val_set, options.batch_size, options.workers, device))
-            headline = metrics["headline"]
-            improved = position.best_metric is None or headline > position.best_metric
+        metrics.update(task.validate(device))
+        improved = task.best_metric is None
+        if task.best_metric is not None:
+            value, best = metrics[task.best_metric], position.best_metric
+            improved = best is None or (value > best if task.higher_is_better else value < best)
             if improved:
-                position = dataclasses.replace(position, best_metric=headline)
-        metrics["epoch_seconds"] = time.perf_counter() - epoch_start  # training and validation, wall clock
+                position = dataclasses.replace(position, best_metric=value)
+        metrics.update(task.epoch_metrics(metrics))
+        # training and validation, wall clock (with the part before a resume)
+        metrics["epoch_seconds"] = sums.seconds + time.perf_counter() - epoch_start
+        logged.append(json.dumps(metrics))
+        last_metrics = json.loads(logged[-1])
         if rank == 0:
-            logged.append(json.dumps(metrics))
             atomic_write_text(run_dir / "metrics.jsonl", "".join(line + "\n" for line in logged))
-            board = _tensorboard(run_dir)
-            if board is not None:
-                for key, value in metrics.items():
-                    if isinstance(value, (int, float)) and key not in ("epoch", "global_step"):
-                        board.add_scalar(key, value, position.global_step)
-                board.close()
+            _to_tensorboard(run_dir, metrics, position.global_step)
             if on_epoch is not None:
                 on_epoch(metrics)
+            task.publish(run_dir)
         save("last")
-        if improved or val_set is None:
+        if improved:
             save("best")
         wait_for_rank0()
-    return position
+    return Trained(position, last_metrics)
+
+
+def _parse_line(run_dir: Path, line: str) -> dict:
+    try:
+        metrics = json.loads(line)
+    except ValueError as err:
+        raise StrgError(f"{run_dir / 'metrics.jsonl'} holds a line that is not JSON: {err}") from None
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def _to_tensorboard(run_dir: Path, metrics: dict, step: int) -> None:
+    """The metrics line's numbers as TensorBoard scalars at ``step`` (when tensorboard is installed)."""
+    board = _tensorboard(run_dir)
+    if board is None:
+        return
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and key not in ("epoch", "global_step"):
+            board.add_scalar(key, value, step)
+    board.close()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The action model
+
+
+class ActionTask(Task):
+    """STRG, I3D or the frame control on action labels: the model's own ``loss`` (cross-entropy, or
+    binary cross-entropy for multi-label data) of its logits; validation per video (:func:`validate`),
+    ``best/`` by its ``headline`` metric (top-1 or mAP); without ``val_set`` every epoch is ``best/``."""
+
+    name = "classes"
+
+    def __init__(self, model: nn.Module, val_set: ClipDataset | None, options: TrainOptions) -> None:
+        self.model, self.val_set, self.options = model, val_set, options
+        self.best_metric = "headline" if val_set is not None else None
+
+    def loss(self, objective: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """clip uint8 [B, 3, T, S, S] (boxes [B, T', N, 4], mask [B, T', N]), target -> the loss."""
+        logits = objective(batch["clip"], batch.get("boxes"), batch.get("mask"))
+        return self.model.loss(logits.float(), batch["target"]), {}
+
+    def validate(self, device: torch.device) -> dict:
+        if self.val_set is None:
+            return {}
+        return validate(self.model, self.val_set, self.options.batch_size, self.options.workers, device)
+
+
+def fit(
+    model: nn.Module,
+    train_set: ClipDataset,
+    val_set: ClipDataset | None,
+    run_dir: str | Path,
+    options: TrainOptions = TrainOptions(),
+    *,
+    resume: bool = False,
+    on_step: Callable[[int, int, float], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    extra: dict | None = None,
+    cpu_autocast: torch.dtype | None = None,
+) -> TrainPosition:
+    """Train the action model ``model`` (:class:`ActionTask`) with :func:`train_task`; returns the final
+    position. See :func:`train_task` for the callbacks, ``extra``, ``resume`` and ``cpu_autocast``."""
+    task = ActionTask(model, val_set, options)
+    trained = train_task(
+        task,
+        train_set,
+        run_dir,
+        options,
+        resume=resume,
+        on_step=on_step,
+        on_epoch=on_epoch,
+        extra=extra,
+        cpu_autocast=cpu_autocast,
+    )
+    return trained.position

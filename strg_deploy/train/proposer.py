@@ -13,15 +13,14 @@ sample 256 anchors per frame (at most half foreground) and to compute the binary
 smooth-L1 losses. Quality is the recall at N: the fraction of ground-truth boxes that one of the
 frame's N proposals overlaps with IoU >= 0.5 (:func:`proposal_recall`), measured in eval mode after
 the batch-norm statistics were re-estimated with the current weights (:func:`update_norm_statistics`).
+:class:`ProposalTask` puts these together for the training loop every task shares
+(:func:`~strg_deploy.train.loop.train_task`), and :func:`fit_proposer` runs it.
 """
 
 from __future__ import annotations
 
 import collections
 import copy
-import dataclasses
-import json
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -33,22 +32,19 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_p
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from strg_deploy.config import ModelConfig
+from strg_deploy.contract.networks import rpn_frames
 from strg_deploy.errors import StrgError, shape_error
-from strg_deploy.fileio import atomic_write_text
 from strg_deploy.models.proposals import (
     NORM_EPS,
     Proposals,
     RegionProposer,
     _grid_anchors,
-    load_detector_weights,
 )
 from strg_deploy.models.serialization import save_tensors
-from strg_deploy.models.strg import rpn_frames
+from strg_deploy.models.weights import load_detector_weights
 from strg_deploy.processes import loader_worker_init
-from strg_deploy.train.checkpoint import TrainPosition, load_checkpoint, save_checkpoint
 from strg_deploy.train.data import ClipDataset
-from strg_deploy.train.loop import EpochSampler, TrainOptions, choose_device, distributed, sum_over_ranks
-from strg_deploy.train.optim import make_optimizer, scaled_lr, warmup_cosine
+from strg_deploy.train.loop import Task, TrainOptions, distributed, sum_over_ranks, train_task
 
 DETECTOR_FORMAT = "strg-detector"
 DETECTOR_FILE = "detector.safetensors"
@@ -333,6 +329,100 @@ def _require_tracks(dataset: ClipDataset, split: str) -> None:
         )
 
 
+class ProposalTask(Task):
+    """The ``rpn`` network of ``cfg`` on ground-truth boxes, for :func:`~strg_deploy.train.loop.train_task`.
+
+    The model is a RegionProposer, seeded by ``options.seed``, from ``init`` detector weights when given
+    (not when resuming: the checkpoint has them), with trainable batch norm (:func:`trainable`) unless
+    ``options.freeze_bn``. Per step: the RPN's frames of the batch (``rpn_frames``: [B * T', 3, S, S])
+    with their boxes [B * T', N, 4] and mask [B * T', N] -> :func:`rpn_losses`, whose sum is the loss
+    (``objectness_loss`` and ``box_loss`` are its parts). After an epoch's last step the batch-norm
+    statistics are re-estimated on its last ``NORM_BATCHES`` batches (:func:`update_norm_statistics`;
+    rank 0's, broadcast to the other processes; a run resumed mid-epoch reloads the ones it skipped).
+    Validation: recall at N (IoU >= ``iou``) on ``val_set`` in eval mode, the split divided between the
+    processes and the counts summed; ``best/`` by recall. After each epoch rank 0 writes
+    ``RUN_DIR/detector.safetensors`` (:func:`save_detector`).
+    """
+
+    name = "proposals"
+    best_metric = "recall"
+    parts = ("objectness_loss", "box_loss")
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        val_set: ClipDataset,
+        options: TrainOptions,
+        *,
+        init: Path | None = None,
+        resume: bool = False,
+        iou: float = 0.5,
+    ) -> None:
+        torch.manual_seed(options.seed)
+        model = RegionProposer(cfg)
+        if init is not None and not resume:
+            load_detector_weights(model, init)
+        self.model = model.requires_grad_(True) if options.freeze_bn else trainable(model, TRAIN_NORM_EPS)
+        self.val_set, self.options, self.iou = val_set, options, iou
+        self.stride = cfg.backbone.temporal_stride
+        self.recent: collections.deque[Tensor] = collections.deque(maxlen=NORM_BATCHES)
+
+    def objective(self) -> nn.Module:
+        return RPNObjective(self.model)
+
+    def loss(self, objective: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """clip uint8 [B, 3, T, S, S], boxes [B, T', N, 4], mask [B, T', N] -> the summed RPN losses."""
+        frames = rpn_frames(batch["clip"], self.stride)
+        if not self.options.freeze_bn:
+            self.recent.append(frames)
+        objectness_loss, box_loss = objective(
+            frames, batch["boxes"].flatten(0, 1), batch["mask"].flatten(0, 1)
+        )
+        return objectness_loss + box_loss, {"objectness_loss": objectness_loss, "box_loss": box_loss}
+
+    def start_epoch(self, epoch: int, done: int, steps: int, batch_at: Callable[[int], dict]) -> None:
+        self.recent.clear()
+        if not self.options.freeze_bn:  # resumed mid-epoch: the skipped batches among the last ones
+            for k in range(max(0, steps - NORM_BATCHES), done):
+                self.recent.append(rpn_frames(batch_at(k)["clip"], self.stride))
+
+    def end_training(self) -> None:
+        if self.options.freeze_bn:
+            return
+        update_norm_statistics(self.model, self.recent)
+        self.recent.clear()
+        if distributed()[1] > 1:  # every process evaluates and goes on with rank 0's statistics
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, 0)
+
+    def validate(self, device: torch.device) -> dict:
+        rank, world = distributed()
+        share = self.val_set
+        if world > 1:
+            share = torch.utils.data.Subset(share, range(rank, len(share), world))
+        loader = torch.utils.data.DataLoader(
+            share,
+            batch_size=self.options.batch_size,
+            num_workers=self.options.workers,
+            worker_init_fn=loader_worker_init(),
+        )
+        counts = loader_recall(self.model, loader, self.stride, self.iou, device)
+        matched, num_gt = sum_over_ranks([counts["matched"], counts["num_gt_boxes"]], world)
+        return {
+            "recall": matched / num_gt if num_gt else 0.0,
+            "iou": self.iou,
+            "num_boxes": self.model.num_boxes,
+            "num_gt_boxes": int(num_gt),
+        }
+
+    def epoch_metrics(self, metrics: dict) -> dict:
+        frames_per_clip = len(range(0, self.model.cfg.frames, self.stride))
+        return {"train_frames_per_second": metrics["train_clips_per_second"] * frames_per_clip}
+
+    def publish(self, run_dir: Path) -> None:
+        save_detector(self.model, run_dir / DETECTOR_FILE)
+
+
 def fit_proposer(
     cfg: ModelConfig,
     train_set: ClipDataset,
@@ -344,146 +434,32 @@ def fit_proposer(
     resume: bool = False,
     iou: float = 0.5,
     on_step: Callable[[int, int, float], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    cpu_autocast: torch.dtype | None = None,
 ) -> dict:
     """Train the ``rpn`` network of ``cfg`` on the ground-truth boxes of ``train_set``, from scratch or
-    from the detector file ``init``; write ``out/detector.safetensors`` and ``out/metrics.jsonl``.
+    from the detector file ``init`` (:class:`ProposalTask` in :func:`~strg_deploy.train.loop.train_task`:
+    SGD, the schedule, mixed precision, ``save_every``/``max_steps``, mid-epoch resume and torchrun as
+    for the action model); write ``out/detector.safetensors``, ``out/metrics.jsonl`` and the checkpoints
+    ``out/last`` and ``out/best`` (weights in training form). Returns the last finished epoch's metrics:
+    {"epoch", "global_step", "lr", "train_loss", "objectness_loss", "box_loss", "recall", "iou",
+    "num_boxes", "num_gt_boxes", "train_frames_per_second", ...}, losses averaged over the epoch.
 
-    The network trains with batch norm (:func:`trainable`), or with it frozen when
-    ``options.freeze_bn`` (sensible only from ``init`` weights). Per step: the RPN's frames of the batch
-    (``rpn_frames``: [B * T', 3, S, S]) with their boxes [B * T', N, 4] and mask [B * T', N],
-    :func:`rpn_losses`, SGD with momentum 0.9 and weight decay (``options.lr`` is quoted for 8 clips and
-    scaled with the batch size), gradient clipping at ``options.max_grad_norm``, a linear warm-up then a
-    cosine schedule. After each epoch: batch-norm statistics re-estimated on the epoch's last
-    ``NORM_BATCHES`` batches (:func:`update_norm_statistics`), recall at N (IoU >= ``iou``) on
-    ``val_set`` in eval mode, a JSON line in metrics.jsonl ({"epoch", "global_step", "lr",
-    "objectness_loss", "box_loss", "recall", "iou", "num_boxes", "num_gt_boxes",
-    "train_frames_per_second"}, losses averaged over the epoch) and the detector file
-    (:func:`save_detector`), both written atomically, and the training state in ``out/last`` (a
-    checkpoint folder: weights in training form, optimizer, scheduler, position, RNG states).
-    ``resume`` continues from ``out/last`` at the next epoch (an epoch cut off part-way is redone), and
-    ends with the weights of an uninterrupted run. ``on_step(global_step, total_steps, loss)`` is
-    called after every step. Seeded by ``options.seed``; the device is ``options.device``. Returns the
-    last epoch's metrics.
-
-    Under torch.distributed (torchrun) every process takes its share of each global batch of
-    ``options.batch_size`` clips and DistributedDataParallel averages the gradients: each process's
-    losses are means over the anchors it sampled, so the average is the global batch's loss when every
-    frame samples as many anchors (256 per frame, when a frame has that many labelled anchors). The
-    batch-norm statistics are re-estimated on rank 0's last batches and broadcast; the validation split
-    is divided between the processes and the recall counts summed; losses and frames/s are over all
-    processes; rank 0 alone writes, and ``on_step`` is called on rank 0 only.
+    Under torch.distributed each process's losses are means over the anchors it sampled, so the average
+    is the global batch's loss when every frame samples as many anchors (256 per frame, when a frame has
+    that many labelled anchors).
     """
     _require_tracks(train_set, "training")
     _require_tracks(val_set, "validation")
-    out = Path(out)
-    rank, world = distributed()
-    device = choose_device(options.device)
-    steps_per_epoch = len(train_set) // options.batch_size
-    if steps_per_epoch < 1:
-        raise StrgError(f"{len(train_set)} training clips make no batch of {options.batch_size}")
-    if options.batch_size % world:
-        raise StrgError(f"the batch size {options.batch_size} does not split over {world} processes")
-    total = steps_per_epoch * options.epochs
-    stride = cfg.backbone.temporal_stride
-    torch.manual_seed(options.seed)
-    model = RegionProposer(cfg)
-    if init is not None and not resume:
-        load_detector_weights(model, init)
-    model = model.requires_grad_(True) if options.freeze_bn else trainable(model, norm_eps=TRAIN_NORM_EPS)
-    model.to(device)
-    objective: nn.Module = RPNObjective(model)
-    if world > 1:  # gradients averaged over the processes; parameters broadcast from rank 0
-        objective = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device] if device.type == "cuda" else None
-        )
-    lr = scaled_lr(options.lr, options.batch_size)
-    optimizer = make_optimizer(model, lr, weight_decay=options.weight_decay)
-    warmup = min(round(options.warmup_epochs * steps_per_epoch), total - 1)
-    scheduler = warmup_cosine(optimizer, total, warmup)
-    val_share = torch.utils.data.Subset(val_set, range(rank, len(val_set), world)) if world > 1 else val_set
-    val_loader = torch.utils.data.DataLoader(
-        val_share,
-        batch_size=options.batch_size,
-        num_workers=options.workers,
-        worker_init_fn=loader_worker_init(),
+    task = ProposalTask(cfg, val_set, options, init=init, resume=resume, iou=iou)
+    trained = train_task(
+        task,
+        train_set,
+        out,
+        options,
+        resume=resume,
+        on_step=on_step,
+        on_epoch=on_epoch,
+        cpu_autocast=cpu_autocast,
     )
-    position = TrainPosition(seed=options.seed)
-    lines: list[str] = []
-    if resume:
-        position = load_checkpoint(out / "last", model, optimizer, scheduler).position
-        metrics_file = out / "metrics.jsonl"
-        done = metrics_file.read_text(encoding="utf-8").splitlines() if metrics_file.exists() else []
-        lines = done[: position.epoch]
-    global_step = position.global_step
-    metrics: dict = json.loads(lines[-1]) if lines else {}
-    extra = {"task": "proposals", "options": dataclasses.asdict(options)}
-    for epoch in range(position.epoch, options.epochs):
-        train_set.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            train_set,
-            batch_size=options.batch_size // world,
-            sampler=EpochSampler(
-                len(train_set), options.seed, epoch, batch_size=options.batch_size, rank=rank, world=world
-            ),
-            num_workers=options.workers,
-            drop_last=True,
-            worker_init_fn=loader_worker_init(),
-        )
-        model.train()
-        recent: collections.deque[Tensor] = collections.deque(maxlen=NORM_BATCHES)
-        sums = torch.zeros(2)
-        frames_done, seconds = 0, 0.0
-        tick = time.perf_counter()
-        for batch in loader:
-            frames = rpn_frames(batch["clip"], stride)
-            recent.append(frames)
-            objectness_loss, box_loss = objective(
-                frames.to(device), batch["boxes"].flatten(0, 1), batch["mask"].flatten(0, 1)
-            )
-            loss = objectness_loss + box_loss
-            if not torch.isfinite(loss):
-                raise StrgError(f"the RPN loss became {loss.item()} at step {global_step}: lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if options.max_grad_norm > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            global_step += 1
-            sums += torch.stack((objectness_loss.detach(), box_loss.detach())).cpu()
-            frames_done += frames.shape[0]
-            now = time.perf_counter()
-            seconds, tick = seconds + now - tick, now
-            if on_step is not None and rank == 0:
-                on_step(global_step, total, float(loss.detach()))
-        if not options.freeze_bn:
-            update_norm_statistics(model, recent)
-            if world > 1:  # every process evaluates and goes on with rank 0's statistics
-                for buffer in model.buffers():
-                    torch.distributed.broadcast(buffer, 0)
-        recall = loader_recall(model, val_loader, stride, iou, device)
-        objectness_sum, box_sum, matched, num_gt, frames_done, seconds = sum_over_ranks(
-            [*sums.tolist(), recall["matched"], recall["num_gt_boxes"], frames_done, seconds], world
-        )
-        metrics = {
-            "epoch": epoch + 1,
-            "global_step": global_step,
-            "lr": scheduler.get_last_lr()[0],
-            "objectness_loss": objectness_sum / (steps_per_epoch * world),
-            "box_loss": box_sum / (steps_per_epoch * world),
-            "recall": matched / num_gt if num_gt else 0.0,
-            "iou": iou,
-            "num_boxes": model.num_boxes,
-            "num_gt_boxes": int(num_gt),
-            # frames of all processes per second of one process's time (processes run side by side)
-            "train_frames_per_second": frames_done / max(seconds / world, 1e-9),
-        }
-        lines.append(json.dumps(metrics))
-        position = TrainPosition(epoch + 1, 0, global_step, metrics["recall"], options.seed)
-        if rank == 0:
-            atomic_write_text(out / "metrics.jsonl", "\n".join(lines) + "\n")
-            save_detector(model, out / DETECTOR_FILE)
-            save_checkpoint(out, "last", model, optimizer, scheduler, None, position, extra)
-        if world > 1:
-            torch.distributed.barrier()
-    return metrics
+    return trained.metrics

@@ -1,7 +1,9 @@
 """`strg train` without the command line: read the data, build the model, fit, report.
 
-The CLI parses options into a :class:`RunSpec` and calls :func:`train_run`; everything a user can get
-wrong (paths, formats, a config file, a checkpoint from another preset) raises StrgError.
+The CLI hands its settings to :func:`plan_run` (a resume takes what it is not given from the run
+folder's settings.json) and calls :func:`train_run` or :func:`proposer_run` with the :class:`RunSpec` and
+TrainOptions it returns; everything a user can get wrong (paths, formats, a config file, a checkpoint
+from another preset, a resume that contradicts its run) raises StrgError.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from strg_deploy.config import ARCHITECTURES, preset
 from strg_deploy.data.datasets import READERS, Dataset, read_box_tracks
 from strg_deploy.errors import StrgError
 from strg_deploy.fileio import writable_file
-from strg_deploy.models.proposals import load_detector_weights
 from strg_deploy.models.strg import build_model
-from strg_deploy.train.checkpoint import TrainPosition, checkpoint_extra, load_backbone_init
+from strg_deploy.models.weights import load_detector_weights
+from strg_deploy.train.checkpoint import TrainPosition, checkpoint_extra, has_checkpoint, load_backbone_init
 from strg_deploy.train.data import ClipDataset, LoaderConfig
 from strg_deploy.train.loop import TrainOptions, choose_device, distributed, fit
 from strg_deploy.train.run_dir import prepare_run_dir
+from strg_deploy.train.settings import RUN_ARGUMENTS, merge_settings, read_settings, write_settings
 
 FORMATS = {
     "ssv2": "something-something-v2",
@@ -116,30 +119,116 @@ def random_rpn_notice(spec: RunSpec, architecture: str) -> str | None:
     )
 
 
+OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(TrainOptions))
+
+
+def read_options_file(path: Path | None) -> dict[str, Any]:
+    """The training options of a JSON file (an object whose keys are TrainOptions fields; {} for None)."""
+    if path is None:
+        return {}
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise StrgError(f"cannot read options file {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise StrgError(f"options file {path} is not UTF-8 JSON text: {err}") from None
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, too many digits, too deep
+        raise StrgError(f"options file {path} is not valid JSON: {' '.join(str(err).split())}") from None
+    if not isinstance(values, dict):
+        raise StrgError(f"options file {path} must hold a JSON object")
+    _check_option_names(values)
+    return values
+
+
+def _check_option_names(values: dict[str, Any]) -> None:
+    unknown = sorted(set(values) - OPTION_NAMES)
+    if unknown:
+        raise StrgError(f"unknown training options {unknown}; known: {sorted(OPTION_NAMES)}")
+
+
 def options_from_file(
     path: Path | None, overrides: dict[str, Any], defaults: dict[str, Any] | None = None
 ) -> TrainOptions:
     """TrainOptions from ``defaults`` (over TrainOptions' own), a JSON file (keys = TrainOptions fields),
     then the given overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            values = json.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as err:
-            raise StrgError(f"cannot read options file {path}: {err.strerror}") from None
-        except UnicodeDecodeError as err:
-            raise StrgError(f"options file {path} is not UTF-8 JSON text: {err}") from None
-        except (ValueError, RecursionError) as err:  # JSONDecodeError, too many digits, too deep
-            raise StrgError(f"options file {path} is not valid JSON: {' '.join(str(err).split())}") from None
-        if not isinstance(values, dict):
-            raise StrgError(f"options file {path} must hold a JSON object")
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values = {**read_options_file(path), **{k: v for k, v in overrides.items() if v is not None}}
     values = {**(defaults or {}), **values}
-    names = {f.name for f in dataclasses.fields(TrainOptions)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise StrgError(f"unknown training options {unknown}; known: {sorted(names)}")
+    _check_option_names(values)
     return TrainOptions(**values)
+
+
+TASKS = ("classes", "proposals")
+
+
+def settings_of(task: str, spec: RunSpec, options: TrainOptions) -> dict[str, Any]:
+    """The flat settings record of a run (see train.settings): the task, ``spec``'s data and model
+    arguments and every training option."""
+    run = {name: getattr(spec, name) for name in RUN_ARGUMENTS if name != "task"}
+    return {"task": task, **run, **dataclasses.asdict(options)}
+
+
+def plan_run(
+    out: Path,
+    values: dict[str, Any],
+    *,
+    given: set[str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    options_file: Path | None = None,
+) -> tuple[str, RunSpec, TrainOptions]:
+    """(task, RunSpec, TrainOptions) of `strg train --out OUT`. ``values`` holds the command line's
+    settings under the record's names (``task``, ``data``, ``format``, ``preset``, ``model``, ``boxes``,
+    ..., and TrainOptions fields; None: not set), defaults included; ``given`` names those given
+    explicitly (None: all of them), and the options file's values count as given, under the flags.
+
+    A new run takes ``values``. A resume takes every setting not given from OUT's record (see
+    train.settings: :func:`~strg_deploy.train.settings.merge_settings`); a given one that conflicts with
+    it is one StrgError line. The RPN task's learning rate defaults to :data:`PROPOSALS_LR`.
+    """
+    from_file = read_options_file(options_file)
+    settings = {**from_file, **{k: v for k, v in values.items() if v is not None}}
+    explicit = set(settings) if given is None else set(from_file) | (set(given) & set(settings))
+    if resume:
+        if not has_checkpoint(out, "last"):
+            raise StrgError(f"nothing to resume in {out}: no last/ checkpoint")
+        recorded = merge_settings(out, read_settings(out), {k: settings[k] for k in explicit})
+        settings = {**settings, **recorded}
+    task = settings.get("task", "classes")
+    if task not in TASKS:
+        raise StrgError(f"--task must be classes or proposals, got {task!r}")
+    if settings.get("data") is None:
+        if resume:
+            raise StrgError(f"Missing option '--data': {out} has no settings.json to take it from")
+        raise StrgError("Missing option '--data': a new run needs the dataset root")
+    options = {k: v for k, v in settings.items() if k in OPTION_NAMES}
+    defaults = {"lr": PROPOSALS_LR} if task == "proposals" else {}
+    spec = RunSpec(
+        data=Path(settings["data"]),
+        format=settings.get("format", "ssv2"),
+        preset=settings.get("preset", "small"),
+        model=settings.get("model", "strg"),
+        out=Path(out),
+        boxes=_path(settings.get("boxes")),
+        cache=_path(settings.get("cache")),
+        init=_path(settings.get("init")),
+        resume=resume,
+        temporal_clips=settings.get("temporal_clips", 2),
+        proposals=_path(settings.get("proposals")),
+        detector=_path(settings.get("detector")),
+        overwrite=overwrite,
+    )
+    return task, spec, TrainOptions(**{**defaults, **options})
+
+
+def _path(value: Any) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def record_settings(task: str, spec: RunSpec, options: TrainOptions) -> None:
+    """Rank 0 writes the run's settings to ``spec.out/settings.json`` (once the data was read: a run that
+    fails before that leaves no folder behind)."""
+    if distributed()[0] == 0:
+        write_settings(spec.out, settings_of(task, spec, options))
 
 
 def join_process_group(device: str) -> None:
@@ -170,8 +259,9 @@ def train_run(
     on_epoch: Callable[[dict], None] | None = None,
     on_notice: Notice | None = None,
 ) -> TrainPosition:
-    """Train as ``spec`` and ``options`` say; checkpoints and metrics land in ``spec.out``, checked
-    before any work (a folder holding a run is refused without ``spec.resume`` or ``spec.overwrite``).
+    """Train as ``spec`` and ``options`` say; checkpoints, metrics and the run's settings
+    (settings.json) land in ``spec.out``, checked before any work (a folder holding a run is refused
+    without ``spec.resume`` or ``spec.overwrite``).
     The model's initial weights, the shuffle order and every clip come from ``options.seed``: the same
     command on the same machine writes the same bytes.
 
@@ -212,6 +302,7 @@ def train_run(
             )
         load_detector_weights(model.rpn, spec.detector)
     extra = {} if spec.resume else {"rpn_weights": rpn_weights_source(spec, cfg.architecture)}
+    record_settings("classes", spec, options)
     return fit(
         model,
         train_set,
@@ -316,8 +407,8 @@ def proposer_run(
     """`strg train --task proposals`: fine-tune the preset's RPN on the ground-truth boxes of
     ``spec.boxes`` (from ``spec.detector`` weights when given, else from scratch; with ``spec.resume``
     from ``spec.out/last``); writes ``spec.out/detector.safetensors``, ``spec.out/metrics.jsonl``
-    (recall at N per epoch) and ``spec.out/last`` (the training state). Under torchrun the processes
-    join one group and share every batch, as in :func:`train_run`."""
+    (recall at N per epoch), ``spec.out/settings.json`` and ``spec.out/last`` and ``best`` (the training
+    state). Under torchrun the processes join one group and share every batch, as in :func:`train_run`."""
     from strg_deploy.train.proposer import fit_proposer
 
     if spec.boxes is None:
@@ -337,6 +428,7 @@ def proposer_run(
     tracks = read_box_tracks(spec.boxes)
     train_set = ClipDataset(train, cfg, train=True, tracks=tracks, cache=spec.cache, seed=options.seed)
     val_set = ClipDataset(validation, cfg, train=False, tracks=tracks, cache=spec.cache)
+    record_settings("proposals", spec, options)
     return fit_proposer(
         cfg, train_set, val_set, spec.out, options, init=spec.detector, resume=spec.resume, on_step=on_step
     )

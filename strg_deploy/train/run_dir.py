@@ -1,9 +1,11 @@
 """A training run's folder: what makes it hold a run, and the check made before any work starts.
 
 A run folder holds ``last/`` and ``best/`` checkpoints (or their ``.last.old`` / ``.best.old`` while a
-save is swapped in), ``metrics.jsonl`` and, for RPN fine-tuning, ``detector.safetensors``. A new run into
-a folder that holds one is refused: ``resume`` continues it, ``overwrite`` moves the whole folder aside
-to ``<folder>.old-<date>-<time>`` (never deleting it) and starts in a fresh folder.
+save is swapped in), ``metrics.jsonl``, ``settings.json`` (what the run was started with, see
+train.settings; alone it marks no run: it is written before the first checkpoint) and, for RPN
+fine-tuning, ``detector.safetensors``. A new run into a folder that holds one is refused: ``resume``
+continues it, ``overwrite`` moves the whole folder aside to ``<folder>.old-<date>-<time>`` (never deleting
+it) and starts in a fresh folder.
 """
 
 from __future__ import annotations
