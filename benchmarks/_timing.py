@@ -17,27 +17,17 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from strg_deploy.engines.auto import processor_name
+
 # Wide enough for the tables when the output goes to a file or a pipe.
 console = Console() if sys.stdout.isatty() else Console(width=140)
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (the platform's processor string elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_info() -> dict[str, Any]:
     import torch
 
     return {
-        "cpu": cpu_model(),
+        "cpu": processor_name(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch threads": torch.get_num_threads(),

@@ -38,12 +38,12 @@ from _timing import (  # noqa: E402
 )
 
 from strg_deploy.config import preset  # noqa: E402
-from strg_deploy.engines.onnxruntime import OnnxRuntimeNetwork  # noqa: E402
-from strg_deploy.engines.openvino import OpenVinoNetwork  # noqa: E402
-from strg_deploy.export.manifest import MANIFEST_FILE  # noqa: E402
+from strg_deploy.contract.manifest import MANIFEST_FILE  # noqa: E402
+from strg_deploy.contract.networks import rpn_frames  # noqa: E402
+from strg_deploy.engines.pipeline import Pipeline, load_network  # noqa: E402
+from strg_deploy.engines.torch_model import TorchNetwork  # noqa: E402
 from strg_deploy.export.onnx import NETWORKS, ExportOptions, export_model  # noqa: E402
-from strg_deploy.export.parity import run_chain, torch_outputs  # noqa: E402
-from strg_deploy.models.strg import STRG, rpn_frames  # noqa: E402
+from strg_deploy.models.strg import STRG  # noqa: E402
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 PARTS = (*NETWORKS, "chain")
@@ -95,27 +95,19 @@ def torch_calls(model: STRG, feeds: dict[str, dict[str, np.ndarray]]):
     }
 
 
-class TorchNetwork:
-    """One network of the torch model behind the engines' ``run({name: array}) -> {name: array}``."""
-
-    def __init__(self, model: STRG, network: str):
-        self.model, self.network = model, network
-
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        inputs = {k: torch.from_numpy(v) for k, v in feed.items()}
-        return torch_outputs(self.model, self.network, inputs)
+def chain(networks, cfg, folder: Path) -> Pipeline:
+    """The pipeline (engines.pipeline) over ``networks``: the one chain every runtime runs."""
+    return Pipeline(networks, cfg, "sigmoid" if cfg.multi_label else "softmax", folder)
 
 
-def runtime_calls(networks, cfg, feeds):
+def runtime_calls(networks, cfg, feeds, folder: Path):
     calls = {name: (lambda name=name: networks[name].run(feeds[name])) for name in NETWORKS}
-    calls["chain"] = lambda: run_chain(networks, feeds["chain"]["clip"], cfg)
+    calls["chain"] = functools.partial(chain(networks, cfg, folder).run, feeds["chain"]["clip"])
     return calls
 
 
 def load(runtime: str, folder: Path, threads: int):
-    if runtime == "onnxruntime":
-        return {n: OnnxRuntimeNetwork(folder / f"{n}.onnx", threads=threads) for n in NETWORKS}
-    return {n: OpenVinoNetwork(folder / f"{n}.onnx", threads=threads) for n in NETWORKS}
+    return {n: load_network(runtime, folder / f"{n}.onnx", threads) for n in NETWORKS}
 
 
 def ort_profile(folder: Path, cfg, feeds, threads: int) -> list[tuple[str, float]]:
@@ -165,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         for batch in args.batches:
             feeds = inputs_for(model, batch)
             calls = {"torch": torch_calls(model, feeds)}
-            calls.update({rt: runtime_calls(networks, cfg, feeds) for rt, networks in loaded.items()})
+            calls.update({rt: runtime_calls(networks, cfg, feeds, folder) for rt, networks in loaded.items()})
             times: dict[str, dict[str, float]] = {rt: {} for rt in RUNTIMES}
             for part in NETWORKS:  # the runtimes interleaved, so that load changes hit them alike
                 medians = measure_interleaved(
@@ -176,7 +168,9 @@ def main(argv: list[str] | None = None) -> None:
             best = {n: min(RUNTIMES, key=lambda rt, n=n: times[rt][n]) for n in NETWORKS}
             mixed = {n: TorchNetwork(model, n) if rt == "torch" else loaded[rt][n] for n, rt in best.items()}
             chains = {rt: calls[rt]["chain"] for rt in RUNTIMES}
-            chains["best per network"] = functools.partial(run_chain, mixed, feeds["chain"]["clip"], cfg)
+            chains["best per network"] = functools.partial(
+                chain(mixed, cfg, folder).run, feeds["chain"]["clip"]
+            )
             chain_times = measure_interleaved(chains, args.repeats, warmup=1)
             for rt in RUNTIMES:
                 times[rt]["chain"] = chain_times[rt]

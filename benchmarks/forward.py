@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import count_flops, matmul_gflops, measure, ms, print_machine_info, print_table  # noqa: E402
 
 from strg_deploy.config import PRESETS, preset  # noqa: E402
-from strg_deploy.models.strg import STRG, rpn_frames  # noqa: E402
+from strg_deploy.contract.networks import rpn_frames  # noqa: E402
+from strg_deploy.models.strg import STRG  # noqa: E402
 
 
 def time_preset(name: str, repeats: int) -> list[list[str]]:

@@ -702,7 +702,8 @@ MANIFEST = st.one_of(
 
 
 def check_manifest(ctx: Context, value: tuple) -> None:
-    from strg_deploy.export.manifest import MANIFEST_FILE, read_manifest, verify_files
+    from strg_deploy.contract.manifest import MANIFEST_FILE, read_manifest, verify_files
+    from strg_deploy.contract.reference import read_reference
 
     export = ctx.export()
     original = (export / MANIFEST_FILE).read_bytes()
@@ -736,6 +737,67 @@ def check_manifest(ctx: Context, value: tuple) -> None:
         for entry in manifest["networks"].values():
             assert Path(entry["file"]).name == entry["file"], f"a network file outside the folder: {entry}"
         verify_files(folder, manifest)
+        clean_or_strg_error(lambda: read_reference(folder, manifest))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The export's reference sample (reference.npz, read by strg verify)
+
+REFERENCE_KEYS = ("clips", "rpn.boxes", "rpn.scores", "rpn.mask", "backbone.features", "head.logits")
+REFERENCE_CHANGES = ("drop", "float64", "uint8", "flatten", "empty", "pickled")
+# ("mutate", mutations) changes the real file's bytes; ("array", key, change) rewrites one array;
+# ("raw", bytes) replaces the file.
+REFERENCE = st.one_of(
+    st.tuples(st.just("mutate"), MUTATIONS),
+    st.tuples(st.just("array"), st.sampled_from(REFERENCE_KEYS), st.sampled_from(REFERENCE_CHANGES)),
+    st.tuples(st.just("raw"), SPECIAL_FILES),
+)
+
+
+def changed_reference(original: bytes, key: str, change: str) -> bytes:
+    """The npz ``original`` with array ``key`` dropped, retyped, reshaped, emptied or pickled."""
+    with np.load(io.BytesIO(original)) as data:
+        arrays = {k: data[k] for k in data.files}
+    if change == "drop":
+        del arrays[key]
+    elif change == "flatten":
+        arrays[key] = arrays[key].reshape(-1)
+    elif change == "empty":
+        arrays[key] = arrays[key][:0]
+    elif change == "pickled":
+        arrays[key] = np.array([{"not": "an array"}], dtype=object)
+    else:
+        arrays[key] = arrays[key].astype(change)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def check_reference(ctx: Context, value: tuple) -> None:
+    from strg_deploy.contract.manifest import read_manifest
+    from strg_deploy.contract.reference import REFERENCE_FILE, read_reference
+
+    export = ctx.export()
+    original = (export / REFERENCE_FILE).read_bytes()
+    if value[0] == "mutate":
+        data = mutate(original, value[1])
+    elif value[0] == "array":
+        data = changed_reference(original, value[1], value[2])
+    else:
+        data = value[1]
+    with scratch() as folder:
+        for path in export.iterdir():
+            if path.name != REFERENCE_FILE:
+                os.symlink(path, folder / path.name)
+        write(folder / REFERENCE_FILE, data)
+        manifest = read_manifest(folder)
+        reference = clean_or_strg_error(lambda: read_reference(folder, manifest))
+        if reference is None:
+            return
+        # what strg verify uses of it
+        k = len(reference.names)
+        assert reference.clips.shape[0] == k and reference.clips.dtype == np.uint8
+        assert reference.outputs["head"]["logits"].shape[0] == k
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -941,6 +1003,7 @@ TARGETS = {
         Target("config", CONFIG, check_config),
         Target("options", OPTIONS, check_options),
         Target("manifest", MANIFEST, check_manifest, prepare=Context.export),
+        Target("reference", REFERENCE, check_reference, prepare=Context.export),
         Target("video", VIDEO, check_video, in_process=False),
     )
 }

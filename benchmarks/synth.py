@@ -23,7 +23,7 @@ from rich.table import Table
 from strg_deploy.data import synthetic as synth
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import cpu_model  # noqa: E402
+from strg_deploy.engines.auto import processor_name as cpu_model  # noqa: E402
 
 TARGET_VIDEOS, TARGET_SECONDS = 1000, 120.0
 

@@ -25,15 +25,26 @@ RUNTIME_MODULES = [
     "strg_deploy.data.datasets",
     "strg_deploy.data.cache",
     "strg_deploy.data.synthetic",
-    "strg_deploy.custom_ops",
+    "strg_deploy.data.clips",
+    "strg_deploy.contract",
+    "strg_deploy.contract.nodes",
+    "strg_deploy.contract.networks",
+    "strg_deploy.contract.manifest",
+    "strg_deploy.contract.configs",
+    "strg_deploy.contract.reference",
     "strg_deploy.engines.base",
+    "strg_deploy.engines.compare",
+    "strg_deploy.engines.pipeline",
+    "strg_deploy.engines.auto",
+    "strg_deploy.engines.verify",
+    "strg_deploy.cli.verify",
     "strg_deploy.engines.onnxruntime",
     "strg_deploy.engines.openvino",
     "strg_deploy.export.manifest",
-    "strg_deploy.export.plugin_nodes",
+    "strg_deploy.export.function_bodies",
     "strg_deploy.export.rpn_postprocess",
     "strg_deploy.export.lint",
-    "strg_deploy.export.tensorrt_ops",
+    "strg_deploy.export.tensorrt_support",
 ]
 
 
@@ -101,7 +112,7 @@ def test_missing_torch_names_the_extra():
 def test_errors_from_loader_workers_print_their_own_message():
     from torch._utils import ExceptionWrapper
 
-    from strg_deploy.cli import one_line
+    from strg_deploy.cli.common import one_line
     from strg_deploy.errors import StrgError
 
     try:

@@ -20,24 +20,31 @@ from typer.testing import CliRunner
 
 from strg_deploy.cli import app
 from strg_deploy.config import preset
-from strg_deploy.custom_ops import DOMAIN, ROI_ALIGN_MAX, SPACE_TIME_GRAPH, inline_functions, roi_attributes
-from strg_deploy.errors import StrgError
-from strg_deploy.export import onnx as export_onnx
-from strg_deploy.export.manifest import (
+from strg_deploy.contract.manifest import (
     MANIFEST_FILE,
     SCHEMA_VERSION,
     file_sha256,
     read_manifest,
     verify_files,
 )
-from strg_deploy.export.onnx import ExportOptions, export_model, export_network
-from strg_deploy.export.parity import check_export
-from strg_deploy.export.plugin_nodes import (
+from strg_deploy.contract.nodes import (
+    DOMAIN,
+    ROI_ALIGN_MAX,
+    SPACE_TIME_GRAPH,
+    inline_functions,
+    roi_attributes,
+)
+from strg_deploy.contract.reference import REFERENCE_FILE
+from strg_deploy.errors import StrgError
+from strg_deploy.export import onnx as export_onnx
+from strg_deploy.export.function_bodies import (
     attach_functions,
     missing_functions,
     roi_align_max_function,
     space_time_graph_function,
 )
+from strg_deploy.export.onnx import ExportOptions, export_model, export_network
+from strg_deploy.export.parity import check_export
 from strg_deploy.models.graphs import space_time_graphs
 from strg_deploy.models.roi import frame_roi_align_max
 from strg_deploy.models.serialization import save_pretrained
@@ -157,7 +164,13 @@ def test_space_time_graph_body_matches_the_torch_op_without_nan():
 
 def test_export_writes_three_checked_networks_and_their_manifest(exported):
     model, out, manifest = exported
-    assert sorted(p.name for p in out.iterdir()) == ["backbone.onnx", "head.onnx", MANIFEST_FILE, "rpn.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "backbone.onnx",
+        "head.onnx",
+        MANIFEST_FILE,
+        REFERENCE_FILE,
+        "rpn.onnx",
+    ]
     assert read_manifest(out) == manifest and verify_files(out, manifest) == []
     cfg = model.cfg
     t, n, s = cfg.feature_frames, cfg.proposals.num_boxes, cfg.size

@@ -12,9 +12,9 @@ import torch
 from onnx import TensorProto, helper
 from torchvision.ops import box_iou
 
+from strg_deploy.engines.compare import ATOL, RTOL, align_tied, compare_outputs, tolerance_for
 from strg_deploy.engines.openvino import OpenVinoNetwork
 from strg_deploy.errors import StrgError
-from strg_deploy.export.parity import ATOL, RTOL, _compare, align_tied, tolerance_for
 from strg_deploy.export.rpn_postprocess import CANDIDATE_OUTPUTS, MAX_CANDIDATES, append_nms_top_n
 from strg_deploy.models.proposals import _nms_top_n
 
@@ -111,11 +111,11 @@ def test_tied_proposals_compare_as_sets_and_others_in_order():
     aligned, moved = align_tied(torch_side, swapped)
     assert moved == 2
     np.testing.assert_array_equal(aligned["boxes"], torch_side["boxes"])
-    row = _compare("rpn", "openvino", "random", torch_side, swapped, ATOL, RTOL, 1e-6)
+    row = compare_outputs("rpn", "openvino", "random", torch_side, swapped, ATOL, RTOL, 1e-6)
     assert row.passed and row.reordered == 2 and row.max_abs < 1e-7
     # untied proposals in another order are a difference, not a tie
     crossed = proposals([a, c, b, [0] * 4], [0.5000968, 0.3, 0.50009674, 0], [1, 1, 1, 0])
-    row = _compare("rpn", "openvino", "random", torch_side, crossed, ATOL, RTOL, 1e-6)
+    row = compare_outputs("rpn", "openvino", "random", torch_side, crossed, ATOL, RTOL, 1e-6)
     assert not row.passed and row.reordered == 0 and row.output == "boxes" and row.max_abs == 35
     assert align_tied(torch_side, torch_side)[1] == 0
 
@@ -123,19 +123,19 @@ def test_tied_proposals_compare_as_sets_and_others_in_order():
 def test_tolerance_grows_with_the_outputs_magnitude_and_is_recorded():
     features = np.linspace(-110, 110, 1000, dtype=np.float32).reshape(1, 10, 100)
     close = features + np.float32(1.4e-4)  # 1e-6 relative: what float32 sums differ by between runtimes
-    row = _compare(
+    row = compare_outputs(
         "backbone", "openvino", "random", {"features": features}, {"features": close}, ATOL, RTOL, 0
     )
     assert row.passed and row.output == "features"
     assert row.tolerance == pytest.approx(ATOL + RTOL * 110) and row.tolerance == tolerance_for(features)
     assert row.max_abs > ATOL and row.max_abs == pytest.approx(1.4e-4, rel=0.1)  # over an absolute 1e-4
     far = features + np.float32(3e-3)
-    assert not _compare(
+    assert not compare_outputs(
         "backbone", "openvino", "random", {"features": features}, {"features": far}, ATOL, RTOL, 0
     ).passed
     small = {"logits": np.array([[0.1, -0.2]], np.float32)}
     shifted = {"logits": small["logits"] + np.float32(2e-4)}
-    row = _compare("head", "onnxruntime", "random", small, shifted, ATOL, RTOL, 0)
+    row = compare_outputs("head", "onnxruntime", "random", small, shifted, ATOL, RTOL, 0)
     assert not row.passed and row.tolerance == pytest.approx(ATOL + RTOL * 0.2)
     nan = {"logits": np.array([[np.nan, 0.0]], np.float32)}
-    assert not _compare("head", "onnxruntime", "random", small, nan, ATOL, RTOL, 0).passed
+    assert not compare_outputs("head", "onnxruntime", "random", small, nan, ATOL, RTOL, 0).passed

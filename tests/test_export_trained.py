@@ -13,11 +13,12 @@ from typer.testing import CliRunner
 
 from strg_deploy.cli import app
 from strg_deploy.config import preset
+from strg_deploy.contract.networks import rpn_frames
 from strg_deploy.data.datasets import read_box_tracks, read_something_something_v2
 from strg_deploy.data.synthetic import generate
-from strg_deploy.export.parity import ATOL
+from strg_deploy.engines.compare import ATOL
 from strg_deploy.models.serialization import load_pretrained
-from strg_deploy.models.strg import build_model, rpn_frames
+from strg_deploy.models.strg import build_model
 from strg_deploy.train.data import ClipDataset
 from strg_deploy.train.loop import TrainOptions, fit
 

@@ -173,6 +173,21 @@ def test_export_manifest(ctx, value):
     check(ctx, "manifest", value)
 
 
+@settings(SUITE)
+@given(fuzz.REFERENCE)
+@example(("array", "clips", "pickled"))  # an object array: np.load refuses pickles
+@example(("array", "backbone.features", "flatten"))
+@example(("array", "rpn.mask", "uint8"))
+@example(("raw", b""))
+@example(("mutate", [("flip", 59, 1, b"\x00")]))  # zlib.error from a damaged compressed member
+@example(("set", "reference.tolerance.atol", -1))
+def test_export_reference_sample(ctx, value):
+    if value[0] == "set":  # a manifest whose reference entry is wrong
+        check(ctx, "manifest", value)
+    else:
+        check(ctx, "reference", value)
+
+
 @pytest.mark.skipif(not fuzz.VIDEOS.is_dir(), reason=f"real clips not found at {fuzz.VIDEOS}")
 @settings(SUITE, max_examples=2 * EXAMPLES)
 @given(fuzz.VIDEO)

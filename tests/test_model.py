@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 
 from strg_deploy.cli import app
 from strg_deploy.config import preset
+from strg_deploy.contract.networks import rpn_frames
 from strg_deploy.errors import StrgError
 from strg_deploy.models.backbone import Backbone
 from strg_deploy.models.serialization import load_pretrained, save_pretrained
-from strg_deploy.models.strg import I3D, STRG, SingleFrame, build_model, rpn_frames
+from strg_deploy.models.strg import I3D, STRG, SingleFrame, build_model
 from strg_deploy.models.summary import summarize
 
 

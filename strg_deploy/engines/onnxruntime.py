@@ -13,11 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from strg_deploy.engines.base import BackendInfo, HostNetwork
 from strg_deploy.errors import StrgError
 from strg_deploy.extras import require
 
+NAME = "onnxruntime"
 
-class OnnxRuntimeNetwork:
+
+class OnnxRuntimeNetwork(HostNetwork):
     """An ONNX file on onnxruntime's CPU provider (or ``providers``). ``threads``: intra-op threads
     (0: onnxruntime's default, one per core); ``spin``: let them spin-wait between runs (see the module
     docstring). ``run({name: array}) -> {name: array}``."""
@@ -43,10 +46,13 @@ class OnnxRuntimeNetwork:
             raise StrgError(f"onnxruntime cannot load {path}: {first}") from None
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_names = tuple(o.name for o in self.session.get_outputs())
+        provider = self.session.get_providers()[0]
+        device = (
+            "cpu"
+            if provider == "CPUExecutionProvider"
+            else provider.removesuffix("ExecutionProvider").lower()
+        )
+        self.info = BackendInfo(NAME, device, "fp32", ort.__version__)
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [name for name in self.input_names if name not in inputs]
-        if missing:
-            raise StrgError(f"missing input(s) {', '.join(missing)}")
-        outputs = self.session.run(None, {name: inputs[name] for name in self.input_names})
-        return dict(zip(self.output_names, outputs, strict=True))
+    def _run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, dict(zip(self.input_names, inputs, strict=True)))

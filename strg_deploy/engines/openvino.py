@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from strg_deploy.custom_ops import inline_functions
+from strg_deploy.contract.nodes import inline_functions
+from strg_deploy.engines.base import BackendInfo, HostNetwork
 from strg_deploy.errors import StrgError
 from strg_deploy.extras import require
 
@@ -64,10 +65,11 @@ def _libc():
         return None
 
 
+NAME = "openvino"
 PRECISIONS = ("f32", "bf16", "f16")
 
 
-class OpenVinoNetwork:
+class OpenVinoNetwork(HostNetwork):
     """An ONNX file compiled by OpenVINO for ``device`` (CPU). ``threads``: inference threads (0: default).
     ``precision``: the inference precision OpenVINO computes in. "f32" by default, because OpenVINO's own
     default on CPUs with bfloat16 units (AVX512-BF16, AMX) is bf16, which moves logits by about 1e-3;
@@ -109,10 +111,9 @@ class OpenVinoNetwork:
                 raise StrgError(f"OpenVINO lost the output {name} of {path}")
             self._ports[name] = port
         self.output_names = tuple(graph_outputs)
+        precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}[precision]
+        self.info = BackendInfo(NAME, device.lower(), precision, ov.get_version().split("-")[0])
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [name for name in self.input_names if name not in inputs]
-        if missing:
-            raise StrgError(f"missing input(s) {', '.join(missing)}")
-        result = self.request.infer({name: inputs[name] for name in self.input_names})
-        return {name: np.asarray(result[port]) for name, port in self._ports.items()}
+    def _run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        result = self.request.infer(dict(zip(self.input_names, inputs, strict=True)))
+        return [np.asarray(result[self._ports[name]]) for name in self.output_names]

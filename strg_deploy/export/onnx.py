@@ -6,7 +6,7 @@
 - ``backbone.onnx``: clip uint8 [B, 3, T, S, S] -> features float32 [B, d, T', H', W'].
 - ``head.onnx``: features, boxes float32 [B, T', N, 4], mask bool [B, T', N] -> logits float32 [B, C],
   with the custom nodes ``strg::FrameRoIAlignMax`` and ``strg::SpaceTimeGraph`` and their function
-  bodies (:mod:`~strg_deploy.export.plugin_nodes`); ``plain`` inlines the bodies.
+  bodies (:mod:`~strg_deploy.export.function_bodies`); ``plain`` inlines the bodies.
 
 Every network normalises its uint8 input inside the graph. The batch axis (F = B * T' for the RPN) is
 dynamic up to ``max_batch`` clips. Export uses ``torch.onnx.export(dynamo=True, optimize=True)``: without
@@ -27,22 +27,26 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
 import torch
 from torch import nn
 
-from strg_deploy.custom_ops import inline_functions
+from strg_deploy.contract.manifest import MANIFEST_FILE
+from strg_deploy.contract.networks import NETWORKS, SPECS
+from strg_deploy.contract.nodes import inline_functions
+from strg_deploy.contract.reference import REFERENCE_FILE
 from strg_deploy.errors import StrgError
-from strg_deploy.export.manifest import MANIFEST_FILE, build_manifest, write_manifest
-from strg_deploy.export.plugin_nodes import attach_functions, missing_functions
+from strg_deploy.export.function_bodies import attach_functions, missing_functions
+from strg_deploy.export.manifest import build_manifest, write_manifest
+from strg_deploy.export.reference import write_reference_sample
 from strg_deploy.export.rpn_postprocess import CANDIDATE_OUTPUTS, append_nms_top_n
 from strg_deploy.fileio import writable_folder
 from strg_deploy.models.strg import STRG
 from strg_deploy.processes import process_alive
 
-NETWORKS = ("rpn", "backbone", "head")
 MIN_OPSET = 18
 MAX_OPSET = 21  # onnxruntime has no RoiAlign kernel for opset 22 (the head's function body)
 DEFAULT_OPSET = 18
@@ -154,10 +158,18 @@ def export_network(model: STRG, network: str, options: ExportOptions) -> onnx.Mo
         append_nms_top_n(proto, model.rpn.num_boxes, model.rpn.nms_threshold)
     elif network == "backbone":
         batch = torch.export.Dim("batch", min=1, max=options.max_batch)
-        proto = _trace(model.backbone, tuple(inputs.values()), ["clip"], ["features"], batch, options.opset)
+        spec = SPECS["backbone"]
+        args = tuple(inputs[name] for name in spec.input_names)
+        proto = _trace(
+            model.backbone, args, list(spec.input_names), list(spec.output_names), batch, options.opset
+        )
     else:
         batch = torch.export.Dim("batch", min=1, max=options.max_batch)
-        proto = _trace(model.head, tuple(inputs.values()), list(inputs), ["logits"], batch, options.opset)
+        spec = SPECS["head"]
+        args = tuple(inputs[name] for name in spec.input_names)
+        proto = _trace(
+            model.head, args, list(spec.input_names), list(spec.output_names), batch, options.opset
+        )
         attach_functions(proto)
         if options.plain:
             proto = inline_functions(proto)
@@ -166,7 +178,17 @@ def export_network(model: STRG, network: str, options: ExportOptions) -> onnx.Mo
 
 
 def check_network(proto: onnx.ModelProto, network: str) -> None:
-    """``onnx.checker`` (full check, with shape inference) and a body for every custom node."""
+    """The contract's input and output names (:data:`~strg_deploy.contract.networks.SPECS`),
+    ``onnx.checker`` (full check, with shape inference) and a body for every custom node."""
+    spec = SPECS[network]
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = tuple(i.name for i in proto.graph.input if i.name not in initializers)
+    outputs = tuple(o.name for o in proto.graph.output)
+    if (inputs, outputs) != (spec.input_names, spec.output_names):
+        raise StrgError(
+            f"{network}.onnx has inputs {inputs} and outputs {outputs}; the contract says "
+            f"{spec.input_names} and {spec.output_names}"
+        )
     missing = missing_functions(proto)
     if missing:
         raise StrgError(f"{network}.onnx: custom node(s) {', '.join(missing)} have no function body")
@@ -221,10 +243,17 @@ def remove_stale_staging(out: str | Path) -> list[Path]:
 
 
 def export_model(
-    model: STRG, out: str | Path, options: ExportOptions = ExportOptions(), on_network=None
+    model: STRG,
+    out: str | Path,
+    options: ExportOptions = ExportOptions(),
+    on_network=None,
+    videos: Sequence[str | Path] = (),
 ) -> dict:
-    """Export the three networks of ``model`` to ``out`` (rpn.onnx, backbone.onnx, head.onnx, and
-    manifest.json) and return the manifest. ``on_network(name)`` is called before each network.
+    """Export the three networks of ``model`` to ``out`` (rpn.onnx, backbone.onnx, head.onnx, the
+    reference sample reference.npz and manifest.json) and return the manifest. ``on_network(name)`` is
+    called before each network (and with "reference" before the sample). The reference sample holds the
+    test clip of ``videos[0]`` (a synthetic clip without videos) and a synthetic clip, with the torch
+    model's outputs on them (:mod:`strg_deploy.export.reference`).
 
     ``out`` is checked first (:func:`check_out`). All files are written to a temporary folder inside
     ``out`` (``.export-<pid>-*``, removed whether the export succeeds or fails; those of killed exports
@@ -254,7 +283,11 @@ def export_model(
             protos[network] = proto
             written[network] = _save(proto, staging / f"{network}.onnx", options.external_data)
         manifest = build_manifest(model.cfg, protos, written, options)
+        if on_network is not None:
+            on_network("reference")
+        manifest["reference"] = write_reference_sample(model, staging, videos)
         write_manifest(staging / MANIFEST_FILE, manifest)
+        os.replace(staging / REFERENCE_FILE, out / REFERENCE_FILE)
         for files in written.values():
             for file in files:
                 os.replace(file, out / file.name)

@@ -1,16 +1,16 @@
-"""Emit the custom nodes of :mod:`strg_deploy.custom_ops` during ONNX export.
+"""Emit the custom nodes of :mod:`strg_deploy.contract.nodes` during ONNX export.
 
 ``torch.onnx.ops.symbolic`` records a node of any name in the exported graph, with the output dtype and
 shape declared here; outside export it returns zeros, so callers branch on
 ``torch.onnx.is_in_onnx_export()`` and keep their eager code for everything else. The exporter attaches the
-nodes' function bodies afterwards (``strg_deploy.export.plugin_nodes``).
+nodes' function bodies afterwards (``strg_deploy.export.function_bodies``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from strg_deploy.custom_ops import (
+from strg_deploy.contract.nodes import (
     DOMAIN,
     ROI_ALIGN_MAX,
     SPACE_TIME_GRAPH,

@@ -2,7 +2,8 @@
 
 Both share the backbone code (:class:`~strg_deploy.models.backbone.Backbone`), so an I3D checkpoint
 initialises STRG's backbone in the two-stage recipe. The three networks of the model contract
-(``rpn``, ``backbone``, ``head``) are attributes callable on their own; export and the engines use them.
+(``rpn``, ``backbone``, ``head``, :mod:`strg_deploy.contract.networks`) are attributes callable on their
+own; export and the torch backend use them.
 """
 
 from __future__ import annotations
@@ -13,20 +14,11 @@ import torch
 from torch import nn
 
 from strg_deploy.config import ModelConfig
+from strg_deploy.contract.networks import rpn_frames
 from strg_deploy.errors import StrgError, shape_error
 from strg_deploy.models.backbone import Backbone
 from strg_deploy.models.head import GraphHead, classification_loss
 from strg_deploy.models.proposals import RegionProposer
-
-
-def rpn_frames(clip: torch.Tensor, temporal_stride: int) -> torch.Tensor:
-    """The frames the RPN sees: every ``temporal_stride``-th frame of each clip, stacked.
-
-    clip [B, 3, T, H, W] -> frames [B * T', 3, H, W] with T' = T / temporal_stride; frame ``b * T' + t``
-    is input frame ``temporal_stride * t`` of clip ``b`` (the frame whose boxes feature frame t uses).
-    """
-    frames = clip[:, :, ::temporal_stride].transpose(1, 2)
-    return frames.reshape(-1, *frames.shape[2:])
 
 
 class STRG(nn.Module):

@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import math
 import os
 import random
 import shutil
@@ -48,6 +47,7 @@ import torch
 from torch import nn
 
 from strg_deploy.config import ModelConfig
+from strg_deploy.contract.configs import as_tuples, config_differences, shown
 from strg_deploy.errors import StrgError
 from strg_deploy.models.serialization import CONFIG_FILE, WEIGHTS_FILE, load_weights, save_pretrained
 from strg_deploy.models.state_dicts import check_fit, read_state_dict
@@ -57,17 +57,6 @@ STATE_FILE = "state.pt"
 CHECKPOINT_NAMES = ("last", "best")
 STATE_FORMAT = 1
 
-# Config fields that change neither the weights' shapes nor their meaning: a checkpoint may be resumed
-# (or evaluated) with other values for them.
-RUNTIME_FIELDS = frozenset(
-    {
-        "span_seconds",
-        "proposals.pre_nms_top_n",
-        "proposals.nms_threshold",
-        "proposals.score_threshold",
-        "proposals.min_size",
-    }
-)
 _SHOWN = 5  # differing config fields shown in an error message
 
 
@@ -273,7 +262,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """Restore :func:`rng_state` output. CUDA streams are restored for the devices present (none when
     the checkpoint was written without CUDA or is read without it)."""
     try:
-        random.setstate(_tuples(state["python"]))
+        random.setstate(as_tuples(state["python"]))
         npy = state["numpy"]
         keys = npy["keys"].numpy().astype(np.uint32)
         np.random.set_state((npy["name"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
@@ -284,12 +273,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
                 torch.cuda.set_rng_state(device_state, index)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise StrgError(f"checkpoint RNG state is malformed: {err}") from None
-
-
-def _tuples(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return tuple(_tuples(v) for v in value)
-    return value
 
 
 # ----------------------------------------------------------------------------------------------- load
@@ -308,7 +291,8 @@ def load_checkpoint(
     ``.<name>.old``) into ``model`` and, when given, ``optimizer``, ``scheduler`` and ``scaler``;
     with ``restore_rng`` also the global RNG streams. Returns (position, extra, folder read).
 
-    The checkpoint's config must match ``model.cfg`` in every field outside :data:`RUNTIME_FIELDS`
+    The checkpoint's config must match ``model.cfg`` in every field outside
+    :data:`~strg_deploy.contract.configs.RUNTIME_FIELDS`
     (StrgError naming the presets and the differing fields), its weights must fit exactly, and its
     files must exist. A scheduler or scaler saved as None leaves the given one as it is.
     """
@@ -369,23 +353,12 @@ def _read_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def config_differences(saved: ModelConfig, current: ModelConfig) -> list[tuple[str, Any, Any]]:
-    """(field, saved value, current value) for every field outside :data:`RUNTIME_FIELDS` that differs;
-    nested fields are dotted (``backbone.width``)."""
-    a, b = _flatten(saved.to_dict()), _flatten(current.to_dict())
-    return [
-        (key, a.get(key), b.get(key))
-        for key in sorted(set(a) | set(b))
-        if key not in RUNTIME_FIELDS and not _same(a.get(key), b.get(key))
-    ]
-
-
 def check_config(saved: ModelConfig, current: ModelConfig, source: str) -> None:
     """Raise StrgError when the checkpoint at ``source`` was made for another architecture."""
     diffs = config_differences(saved, current)
     if not diffs:
         return
-    fields = [f"{key} {_short(x)} vs {_short(y)}" for key, x, y in diffs if key != "preset"]
+    fields = [f"{key} {shown(x)} vs {shown(y)}" for key, x, y in diffs if key != "preset"]
     more = f", ... ({len(fields) - _SHOWN} more)" if len(fields) > _SHOWN else ""
     listed = ", ".join(fields[:_SHOWN]) + more
     if saved.preset != current.preset:
@@ -394,27 +367,6 @@ def check_config(saved: ModelConfig, current: ModelConfig, source: str) -> None:
     raise StrgError(
         f"checkpoint {source} does not fit the model's config (preset {current.preset!r}): {listed}"
     )
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = _tuples(value)
-    return out
-
-
-def _same(x: Any, y: Any) -> bool:
-    if isinstance(x, float) and isinstance(y, float):
-        return math.isclose(x, y, rel_tol=1e-9, abs_tol=0.0)
-    return x == y
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ----------------------------------------------------------------------------------- two-stage recipe
