@@ -36,7 +36,8 @@ TINY_CLASSES = [f"action_{i}" for i in range(5)]
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory):
     """(model, folder): a tiny STRG with random weights (seed 0, five classes) exported with a
-    reference sample of a real clip. Tests that change files copy the folder first. Needs torch."""
+    reference sample of a real clip (a synthetic one where ../shared/videos is missing). Tests that
+    change files copy the folder first. Needs torch."""
     torch = pytest.importorskip("torch", reason="exporting needs the train extra (torch)")
     from strg_deploy.config import preset
     from strg_deploy.export.onnx import ExportOptions, export_model
@@ -45,5 +46,6 @@ def tiny_export(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(preset("tiny").with_classes(TINY_CLASSES)).eval()
     out = tmp_path_factory.mktemp("tiny_export")
-    export_model(model, out, ExportOptions(max_batch=4), videos=[VIDEOS / "arm_wrestling_h264_340x256.mp4"])
+    videos = [VIDEOS / "arm_wrestling_h264_340x256.mp4"] if VIDEOS.is_dir() else []
+    export_model(model, out, ExportOptions(max_batch=4), videos=videos)
     return model, out
