@@ -701,6 +701,14 @@ MANIFEST = st.one_of(
 )
 
 
+def export_with(export: Path, folder: Path, name: str, data: bytes) -> None:
+    """``folder`` as the export in ``export`` (its files linked) with the file ``name`` holding ``data``."""
+    for path in export.iterdir():
+        if path.name != name:
+            os.symlink(path, folder / path.name)
+    write(folder / name, data)
+
+
 def check_manifest(ctx: Context, value: tuple) -> None:
     from strg_deploy.contract.manifest import MANIFEST_FILE, read_manifest, verify_files
     from strg_deploy.contract.reference import read_reference
@@ -725,10 +733,7 @@ def check_manifest(ctx: Context, value: tuple) -> None:
     else:
         data = value[1]
     with scratch() as folder:
-        for path in export.iterdir():
-            if path.name != MANIFEST_FILE:
-                os.symlink(path, folder / path.name)
-        write(folder / MANIFEST_FILE, data)
+        export_with(export, folder, MANIFEST_FILE, data)
         manifest = clean_or_strg_error(lambda: read_manifest(folder))
         if manifest is None:
             return
@@ -786,10 +791,7 @@ def check_reference(ctx: Context, value: tuple) -> None:
     else:
         data = value[1]
     with scratch() as folder:
-        for path in export.iterdir():
-            if path.name != REFERENCE_FILE:
-                os.symlink(path, folder / path.name)
-        write(folder / REFERENCE_FILE, data)
+        export_with(export, folder, REFERENCE_FILE, data)
         manifest = read_manifest(folder)
         reference = clean_or_strg_error(lambda: read_reference(folder, manifest))
         if reference is None:
