@@ -123,7 +123,7 @@ def open_video(
     stream: int | None = None,
     *,
     fps: float | None = None,
-    timeout: float | None = None,
+    timeout: float | tuple[float, float] | None = None,
     threads: int = 0,
 ) -> VideoReader:
     """Open a video for decoding.
@@ -133,7 +133,8 @@ def open_video(
         number present, and ``fps`` is required: 12 for Something-Something v1 frames, 24 for Charades).
     stream: index among the container's video streams (default 0, the first).
     fps: frame rate of a frame folder; ignored for files and URLs, whose timestamps give the times.
-    timeout: seconds to wait for a network source to open and for each read; None waits forever.
+    timeout: seconds to wait for a network source to open and for each read, or a tuple (open seconds,
+        read seconds); None waits forever. A read that times out raises StrgError.
     threads: decoder threads; 0 lets FFmpeg choose (frame and slice threading), 1 decodes on the calling
         thread only (lowest latency, and the choice for loader worker processes on a small machine).
 
@@ -219,7 +220,7 @@ class VideoReader:
         stream: int | None = None,
         *,
         fps: float | None = None,
-        timeout: float | None = None,
+        timeout: float | tuple[float, float] | None = None,
         threads: int = 0,
     ) -> None:
         self.path = os.fspath(source)
@@ -282,7 +283,7 @@ class VideoReader:
         self._coverage: tuple[int, int] | None = None
         self._reformatter = VideoReformatter()
 
-    def _open(self, container_format: str | None, options: dict[str, str], timeout: float | None) -> None:
+    def _open(self, container_format: str | None, options: dict[str, str], timeout) -> None:
         try:
             self._container = av.open(
                 self.path,
@@ -294,7 +295,7 @@ class VideoReader:
         except (av.error.FFmpegError, OSError) as error:
             raise StrgError(f"cannot open video {self.path}: {_reason(error)}") from None
 
-    def _refuse_still_image(self, options: dict[str, str], timeout: float | None) -> None:
+    def _refuse_still_image(self, options: dict[str, str], timeout) -> None:
         """Raise StrgError when the container, opened by an image demuxer, holds fewer than two pictures;
         otherwise reopen it (reading the pictures moved it past its start, and image demuxers seek badly)."""
         demuxer = self._container.format.name
