@@ -49,3 +49,128 @@ def tiny_export(tmp_path_factory):
     videos = [VIDEOS / "arm_wrestling_h264_340x256.mp4"] if VIDEOS.is_dir() else []
     export_model(model, out, ExportOptions(max_batch=4), videos=videos)
     return model, out
+
+
+RTSP_SERVER = Path(__file__).resolve().parent / "rtsp_server.py"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+class RtspServer:
+    """tests/rtsp_server.py run by Debian's python3 on 127.0.0.1 at a free port, kept across restarts:
+    ``url("live")`` / ``url("clip")`` (with ``user`` / ``password`` for a login), ``stop()``, ``start()``."""
+
+    def __init__(self, file: str | None = None, user: str | None = None, password: str | None = None):
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.args = [SYSTEM_PYTHON, str(RTSP_SERVER), "--port", str(self.port)]
+        self.args += ["--file", str(file)] if file else []
+        self.args += ["--user", user, "--password", password] if user is not None else []
+        self.process = None
+
+    def url(self, path: str, user: str | None = None, password: str | None = None) -> str:
+        from urllib.parse import quote
+
+        login = "" if user is None else quote(user, safe="") + ":" + quote(password or "", safe="") + "@"
+        return f"rtsp://{login}127.0.0.1:{self.port}/{path}"
+
+    def start(self, timeout: float = 30.0) -> RtspServer:
+        """Start serving (again, on the same port); returns once the server printed ``ready``."""
+        import os
+        import selectors
+        import subprocess
+        import time
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+        self.process = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if selector.select(deadline - time.monotonic()):
+                    line = self.process.stdout.readline()
+                    if line.strip() == "ready":
+                        return self
+                    if not line:
+                        break
+        self.stop()
+        pytest.fail(f"the RTSP server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        """SIGTERM, then wait (killed after 10 s)."""
+        import subprocess
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process is not None:
+            self.process.stdout.close()
+        self.process = None
+
+
+def _gst_rtsp_server_missing() -> str | None:
+    """Why the RTSP server cannot run here, or None when it can."""
+    import shutil
+    import subprocess
+
+    if shutil.which(SYSTEM_PYTHON) is None:
+        return f"{SYSTEM_PYTHON} is missing (the RTSP server needs Debian's python3-gi)"
+    check = "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
+    result = subprocess.run([SYSTEM_PYTHON, "-c", check], capture_output=True, text=True, timeout=60)
+    if result.returncode:
+        return (
+            f"{SYSTEM_PYTHON} cannot import GstRtspServer (apt-get install python3-gi "
+            "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp ..., see .ci/run)"
+        )
+    return None
+
+
+@pytest.fixture
+def rtsp_server():
+    """A factory: ``rtsp_server(file=None, user=None, password=None)`` -> a started RtspServer serving
+    /live (and /clip with ``file``). Every server is stopped at the end of the test. Skips when
+    /usr/bin/python3 cannot import GStreamer's RTSP server."""
+    reason = _gst_rtsp_server_missing()
+    if reason:
+        pytest.skip(reason)
+    servers: list[RtspServer] = []
+
+    def make(file: str | None = None, user: str | None = None, password: str | None = None) -> RtspServer:
+        server = RtspServer(file, user, password)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def write_clip(path: Path, seed: int, seconds: float = 3.0, size: tuple[int, int] = (96, 72)) -> Path:
+    """A small H.264 clip of moving boxes on a gradient, different per seed."""
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    width, height = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        colour = rng.integers(0, 256, 3)
+        for i in range(int(seconds * 12)):
+            image = np.zeros((height, width, 3), np.uint8)
+            image[..., 0] = np.linspace(0, 255, width)[None, :].astype(np.uint8)
+            x = int((rng.integers(0, 4) + i * (1 + seed % 3)) % (width - 20))
+            image[20:44, x : x + 20] = colour
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

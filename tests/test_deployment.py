@@ -57,3 +57,19 @@ def test_strg_verify_passes(folder):
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["passed"] and len(record["rows"]) == 5
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_strg_infer_runs_the_export(folder, backend, tmp_path):
+    from conftest import write_clip
+
+    clips = [write_clip(tmp_path / f"clip{k}.mp4", k) for k in range(2)]
+    out = tmp_path / "predictions.jsonl"
+    result = runner.invoke(
+        app, ["infer", str(folder), *map(str, clips), "--backend", backend, "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {line["stream"] for line in lines} == {"clip0", "clip1"}
+    classes = read_manifest(folder)["model"]["classes"]
+    assert all(line["top"][0]["label"] in classes for line in lines)

@@ -326,3 +326,28 @@ def test_video_modules_do_not_import_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+@needs_videos
+def test_without_a_reorder_window_each_frame_leaves_as_it_is_decoded():
+    """Live streams set reorder_window = 0: the first frame comes out after one decoded frame, not five,
+    and the times are those of the default reader (this clip's decoder already gives presentation order)."""
+    path = VIDEOS / "arm_wrestling_h264_340x256.mp4"
+    with open_video(path, threads=1) as video:
+        default = [f.time for f in video.frames(size=(34, 26))]
+    with open_video(path, threads=1) as video:
+        video.reorder_window = 0
+        decoded = []
+        original = video._from_start
+
+        def counting():
+            for frame in original():
+                decoded.append(frame)
+                yield frame
+
+        video._from_start = counting
+        frames = video.frames(size=(34, 26))
+        next(frames)
+        assert len(decoded) == 1
+        times = [default[0]] + [f.time for f in frames]
+    assert times == default

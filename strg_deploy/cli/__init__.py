@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from strg_deploy import __version__
-from strg_deploy.cli import data, export, model, train, verify
+from strg_deploy.cli import data, export, infer, model, train, verify
 from strg_deploy.cli.common import OneLineErrors
 
 app = typer.Typer(
@@ -46,5 +46,6 @@ def main(
 train.register(app)  # train, proposals, eval
 export.register(app)
 verify.register(app)
+infer.register(app)
 model.register(app)
 data.register(app)

@@ -282,6 +282,9 @@ class VideoReader:
         self._keyframes: tuple[int, np.ndarray] | None = None
         self._coverage: tuple[int, int] | None = None
         self._reformatter = VideoReformatter()
+        # frames held back to settle the timestamp source and sort by time (0: each frame leaves as it is
+        # decoded, for live streams whose decoder already gives presentation order: no added latency)
+        self.reorder_window = _REORDER_WINDOW
 
     def _open(self, container_format: str | None, options: dict[str, str], timeout) -> None:
         try:
@@ -702,7 +705,7 @@ class VideoReader:
             elif dts is not None:
                 last_pts = dts
             window.append((frame, pts, dts))
-            if len(window) > _REORDER_WINDOW:
+            if len(window) > self.reorder_window:
                 yield take()
         while window:
             yield take()

@@ -205,6 +205,8 @@ class StreamReader:
                     message = f"{display}: no answer within {waited:.1f} s (open timeout)"
             else:
                 with video:  # closing frees FFmpeg's buffers and ends an RTSP session (TEARDOWN)
+                    if self._retries:
+                        video.reorder_window = 0  # a camera's frames leave as decoded: no frames held back
                     self._state = "running"
                     try:
                         got = self._drain(video, attempt if ever_opened else None)

@@ -1,0 +1,95 @@
+"""The batcher across streams: backpressure for files, drop-oldest for cameras, fairness, deadlines."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from strg_deploy.stream.batcher import Batcher
+from strg_deploy.stream.types import Window
+
+
+def window(stream: str, k: int) -> Window:
+    return Window(stream, k, np.zeros((3, 2, 4, 4), np.uint8), float(k), k + 1.0, time.time())
+
+
+def test_a_full_file_queue_blocks_its_producer_until_the_batcher_takes():
+    batcher = Batcher(max_batch=2, max_wait=0.0)
+    queue = batcher.queue("file", capacity=2, live=False)
+    put = []
+
+    def produce():
+        for k in range(5):
+            queue.put(window("file", k))
+            put.append(k)
+        queue.close()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    time.sleep(0.3)
+    assert put == [0, 1]  # the third waits: nothing is dropped
+    seen = []
+    while batch := batcher.next_batch():
+        seen += [w.sequence for w in batch]
+    producer.join(5)
+    assert seen == [0, 1, 2, 3, 4] and queue.dropped == 0 and batcher.finished()
+
+
+def test_a_full_live_queue_drops_its_oldest_windows_and_counts_them():
+    batcher = Batcher(max_batch=8, max_wait=0.0)
+    queue = batcher.queue("camera", capacity=3, live=True)
+    for k in range(10):
+        assert queue.put(window("camera", k))
+    assert queue.dropped == 7
+    assert [w.sequence for w in batcher.next_batch()] == [7, 8, 9]  # the newest stay
+
+
+def test_batches_take_one_window_per_stream_per_round():
+    batcher = Batcher(max_batch=4, max_wait=0.0)
+    busy = batcher.queue("busy", capacity=10, live=False)
+    quiet = batcher.queue("quiet", capacity=10, live=False)
+    for k in range(6):
+        busy.put(window("busy", k))
+    quiet.put(window("quiet", 0))
+    first = [(w.stream, w.sequence) for w in batcher.next_batch()]
+    assert first == [("busy", 0), ("quiet", 0), ("busy", 1), ("busy", 2)]
+
+
+def test_a_batch_closes_at_its_deadline_or_when_full():
+    batcher = Batcher(max_batch=4, max_wait=0.2)
+    queue = batcher.queue("s", capacity=10, live=True)
+    queue.put(window("s", 0))
+    start = time.monotonic()
+    assert len(batcher.next_batch()) == 1
+    waited = time.monotonic() - start
+    assert 0.15 <= waited < 1.0
+    for k in range(4):
+        queue.put(window("s", k))
+    start = time.monotonic()
+    assert len(batcher.next_batch()) == 4
+    assert time.monotonic() - start < 0.15  # full: no wait
+
+
+def test_a_window_arriving_within_the_deadline_joins_the_batch():
+    batcher = Batcher(max_batch=2, max_wait=1.0)
+    queue = batcher.queue("s", capacity=10, live=True)
+    queue.put(window("s", 0))
+    threading.Timer(0.1, lambda: queue.put(window("s", 1))).start()
+    start = time.monotonic()
+    assert [w.sequence for w in batcher.next_batch()] == [0, 1]
+    assert time.monotonic() - start < 0.8
+
+
+def test_stop_and_closed_queues_end_next_batch():
+    batcher = Batcher(max_batch=2, max_wait=0.0)
+    queue = batcher.queue("s", capacity=1, live=False)
+    stop = threading.Event()
+    threading.Timer(0.1, stop.set).start()
+    assert batcher.next_batch(stop) == []
+    queue.put(window("s", 0))
+    assert not queue.put(window("s", 1), stop)  # a blocked producer gives up once stopped
+    queue.close()
+    assert [w.sequence for w in batcher.next_batch()] == [0]
+    assert batcher.next_batch() == [] and batcher.finished()
