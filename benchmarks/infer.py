@@ -2,7 +2,7 @@
 resident memory over a long live run.
 
     python benchmarks/infer.py [--preset small] [--backend auto] [--seconds 20] [--live 1 2 4 8]
-                               [--memory-minutes 10] [--out bench_infer]
+                               [--rtsp 1 4 8] [--memory-minutes 10] [--out bench_infer]
 
 The preset is exported once with random weights (speed does not depend on the weights); the streams are
 synthetic H.264 clips (320x240, 12 fps, moving boxes) written once. Every `strg infer` run is a
@@ -14,6 +14,8 @@ subprocess whose `--json` summary gives results, seconds, drops and the lag and 
 3. Live: N streams read with `--realtime` (paced by their timestamps, as cameras) for `--seconds`:
    drops, lag p50/p99 against the bound "batch compute time + max wait, plus 20 %", where the batch
    compute time is the pipeline's time for a batch of min(N, 8) clips (one window per stream).
+   `--rtsp N...` does the same with N sessions of the GStreamer RTSP test server's live 12 fps stream
+   (tests/rtsp_server.py; needs the Debian packages .ci/run installs).
 4. Memory: one realtime stream looping for `--memory-minutes` (a long clip), resident memory sampled
    every 10 s (target: flat within 5 % after the first minute).
 """
@@ -33,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _timing import console, print_table  # noqa: E402
-from conftest import write_clip  # noqa: E402
+from conftest import RtspServer, write_clip  # noqa: E402
 
 from strg_deploy.contract.manifest import MANIFEST_FILE  # noqa: E402
 from strg_deploy.engines.auto import processor_name  # noqa: E402
@@ -123,6 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each clip / live run")
     parser.add_argument("--live", type=int, nargs="*", default=[1, 2, 4, 8])
     parser.add_argument("--memory-minutes", type=float, default=0.0)
+    parser.add_argument(
+        "--rtsp", type=int, nargs="*", default=[], help="live streams from the RTSP test server: N clients"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench_infer"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -171,6 +176,35 @@ def main(argv: list[str] | None = None) -> None:
         ["streams", "predictions", "dropped", "lag p50 ms", "lag p99 ms", "bound ms", "target"],
         rows,
     )
+    if args.rtsp:
+        rows = []
+        server = RtspServer().start()
+        try:
+            for count in args.rtsp:
+                urls = [server.url("live")] * count  # N sessions of the server's 12 fps test pattern
+                run = infer(model, urls, *backend, "--duration", str(args.seconds), "--max-wait-ms", "20")
+                total = run["metrics"]["total"]
+                compute = pipeline_rate(model, args.backend, min(count, 8))[1]
+                bound = (compute + MAX_WAIT_MS / 1000) * 1.2 * 1000
+                lag = total["lag_ms"] or {}
+                rows.append(
+                    [
+                        count,
+                        run["results"],
+                        run["dropped"],
+                        f"{lag.get('p50', float('nan')):.0f}",
+                        f"{lag.get('p99', float('nan')):.0f}",
+                        f"{bound:.0f}",
+                        "met" if lag.get("p99", 1e9) <= bound and not run["dropped"] else "missed",
+                    ]
+                )
+        finally:
+            server.stop()
+        print_table(
+            f"live: N sessions of the RTSP test server's 12 fps stream for {args.seconds:.0f} s",
+            ["streams", "predictions", "dropped", "lag p50 ms", "lag p99 ms", "bound ms", "target"],
+            rows,
+        )
     if args.memory_minutes:
         long = args.out / "long.mp4"
         if not long.exists():
