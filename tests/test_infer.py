@@ -196,3 +196,51 @@ def test_a_sources_file_names_streams_and_takes_paths_from_the_environment(tiny_
     )
     assert result.exit_code == 0, result.output
     assert {line["stream"] for line in read_json_lines(out)} == {"door", "yard"}
+
+
+def test_a_camera_with_a_login_shows_its_password_nowhere(tiny_export, rtsp_server, tmp_path):
+    """Right login: predictions, metrics served on a port and logged; wrong login: one failure line.
+    The password appears in no output file, log line, metric or error."""
+    import socket
+    import urllib.request
+
+    _, export = tiny_export
+    password = "pw-Secret-42"
+    server = rtsp_server(user="admin", password=password)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out, metrics = tmp_path / "o.jsonl", tmp_path / "m.jsonl"
+    command = [
+        sys.executable,
+        "-m",
+        "strg_deploy.cli",
+        "infer",
+        str(export),
+        server.url("live", "admin", password),
+    ]
+    command += ["--out", str(out), "--metrics-out", str(metrics), "--metrics-port", str(port)]
+    process = subprocess.Popen(
+        [*command, "--max-windows", "3", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    scraped = ""
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                page = response.read().decode()
+            if "strg_infer_predictions_total" in page and 'stream="127.0.0.1_live"' in page:
+                scraped = page
+        except OSError:
+            pass
+        time.sleep(0.3)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert len(read_json_lines(out)) == 3 and scraped
+    for text in (stdout, stderr, out.read_text(), metrics.read_text(), scraped):
+        assert password not in text
+    wrong = infer(
+        export, server.url("live", "admin", "not-" + password), "--max-retries", "0", "--timeout", "3"
+    )
+    assert wrong.exit_code == 1 and "warning: 127.0.0.1_live" in wrong.stderr
+    assert password not in wrong.output and "not-" + password not in wrong.output
