@@ -105,6 +105,8 @@ def test_outputs_events_videos_and_metrics_in_one_run(tiny_export, clips, tmp_pa
     assert snapshot["total"]["predictions"] == 4 and snapshot["streams"]["clip0"]["frames"] == 36
     again = infer(export, clips[0], "--out", out)
     assert again.exit_code == 2 and "--overwrite" in again.stderr  # results are not overwritten silently
+    early = infer(tmp_path / "no-model", clips[0], "--video-out", tmp_path / "videos")
+    assert early.exit_code == 2 and "clip0.mp4 exists" in early.stderr  # outputs checked before the model
 
 
 def test_sigterm_stops_cleanly_with_whole_lines(tiny_export, tmp_path):

@@ -14,6 +14,7 @@ import typer
 
 from strg_deploy.cli.common import PlainUsage, reports_errors, warn
 from strg_deploy.errors import StrgError
+from strg_deploy.fileio import writable_file, writable_folder
 
 BACKEND_NAMES = ("auto", "onnxruntime", "openvino", "torch", "tensorrt")
 
@@ -168,6 +169,15 @@ def infer_command(
         warn(problem)
     if not specs:
         raise StrgError("no source to read: give video files, globs, rtsp:// URLs or --sources-file")
+    for path in (out, events, metrics_out):  # where the run will write, checked before any work
+        if path is not None:
+            writable_file(path, overwrite=overwrite)
+    if video_out is not None:
+        from strg_deploy.stream.annotate import video_name
+
+        writable_folder(video_out)
+        for spec in specs:
+            writable_file(video_out / video_name(spec.name), overwrite=overwrite)
     pipeline = _load_pipeline(model, backend, threads, verify)
     cfg = pipeline.cfg
     window_seconds = window or cfg.span_seconds
