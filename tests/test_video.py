@@ -351,3 +351,14 @@ def test_without_a_reorder_window_each_frame_leaves_as_it_is_decoded():
         assert len(decoded) == 1
         times = [default[0]] + [f.time for f in frames]
     assert times == default
+
+
+def test_a_camera_opens_without_stream_probing_and_knows_its_size(rtsp_server):
+    """rtsp:// sources skip FFmpeg's probing (RTSP_OPTIONS): the session description gives codec and size."""
+    server = rtsp_server()
+    with open_video(server.url("live"), timeout=(5, 5), threads=1) as video:
+        assert video.open_options["probesize"] == "32" and video.open_options["rtsp_transport"] == "tcp"
+        assert video.size == (320, 240)
+        frames = video.frames(size=(32, 24))
+        times = [next(frames).time for _ in range(3)]
+    assert times == sorted(times) and times[0] == 0.0

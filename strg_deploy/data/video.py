@@ -70,6 +70,12 @@ INTERPOLATION = Interpolation.AREA
 TIME_TOLERANCE = 1e-4
 """Seconds: a requested time this close below a frame's time still selects that frame."""
 
+# RTSP over TCP, without FFmpeg's stream probing: the session description (SDP) gives the codec and
+# size, and probing would hold back about 2.5 s of frames before the first one comes out (measured
+# against the GStreamer test server: first frame after 0.2 s instead of 2.45 s, 1 buffered frame
+# instead of 28; benchmarks/rtsp_open.py). A camera whose size is not known after opening is opened again
+# with the usual probing.
+RTSP_OPTIONS = {"rtsp_transport": "tcp", "probesize": "32", "analyzeduration": "0"}
 _REORDER_WINDOW = 4  # frames held back to choose the timestamp source and sort by time
 _SEEK_GAP_FRAMES = 8  # a keyframe at least this many frames ahead is worth a seek instead of decoding
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -229,7 +235,7 @@ class VideoReader:
         container_format = None
         if _URL.match(self.path):
             if self.path.lower().startswith(("rtsp://", "rtsps://")):
-                options["rtsp_transport"] = "tcp"
+                options.update(RTSP_OPTIONS)
         elif is_frame_pattern(self.path):
             if fps is None or not fps > 0:
                 raise StrgError(
@@ -240,6 +246,11 @@ class VideoReader:
             options["framerate"] = str(Fraction(fps).limit_denominator(1001))
             options["start_number"] = str(_first_frame_number(self.path))
         self._open(container_format, options, timeout)
+        if "probesize" in options and not self._coded_size_known():
+            self.close()  # the camera's parameters were not in its session description: probe as usual
+            options = {k: v for k, v in options.items() if k not in ("probesize", "analyzeduration")}
+            self._open(container_format, options, timeout)
+        self.open_options = dict(options)
         if container_format is None and _is_image_demuxer(self._container.format.name):
             self._refuse_still_image(options, timeout)
         videos = self._container.streams.video
@@ -297,6 +308,11 @@ class VideoReader:
             )
         except (av.error.FFmpegError, OSError) as error:
             raise StrgError(f"cannot open video {self.path}: {_reason(error)}") from None
+
+    def _coded_size_known(self) -> bool:
+        videos = self._container.streams.video
+        context = videos[0].codec_context if videos else None
+        return context is not None and context.width > 0 and context.height > 0
 
     def _refuse_still_image(self, options: dict[str, str], timeout) -> None:
         """Raise StrgError when the container, opened by an image demuxer, holds fewer than two pictures;
