@@ -246,3 +246,24 @@ def test_a_camera_with_a_login_shows_its_password_nowhere(tiny_export, rtsp_serv
     )
     assert wrong.exit_code == 1 and "warning: 127.0.0.1_live" in wrong.stderr
     assert password not in wrong.output and "not-" + password not in wrong.output
+
+
+def test_verify_refuses_an_export_that_does_not_compute_what_was_trained(tiny_export, clips, tmp_path):
+    import shutil
+
+    from test_pipeline import perturb_one_weight
+
+    from strg_deploy.contract.manifest import MANIFEST_FILE, file_sha256
+
+    _, export = tiny_export
+    broken = tmp_path / "export"
+    shutil.copytree(export, broken)
+    perturb_one_weight(broken / "backbone.onnx")
+    manifest = json.loads((broken / MANIFEST_FILE).read_text())
+    manifest["networks"]["backbone"]["sha256"] = file_sha256(broken / "backbone.onnx")
+    (broken / MANIFEST_FILE).write_text(json.dumps(manifest))
+    out = tmp_path / "p.jsonl"
+    result = infer(broken, clips[0], "--backend", "onnxruntime", "--verify", "--out", out)
+    assert result.exit_code == 2 and "fails verification on onnxruntime (backbone" in result.stderr
+    assert not out.exists()  # nothing was written
+    assert infer(export, clips[0], "--backend", "onnxruntime", "--verify", "--out", out).exit_code == 0
