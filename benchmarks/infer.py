@@ -92,6 +92,21 @@ def pipeline_rate(model: Path, backend: str, batch: int, repeats: int = 5) -> tu
     return batch / best, best
 
 
+LIVE_COLUMNS = ["streams", "predictions", "dropped", "lag p50 ms", "lag p99 ms", "bound ms", "target"]
+
+
+def live_row(run: dict, count: int, model: Path, backend: str, max_wait_ms: float) -> list:
+    """A table row of a live run of ``count`` streams: its drops and lag percentiles against the bound
+    (the pipeline's time for a batch of min(count, 8) clips + the max wait, plus 20 %)."""
+    compute = pipeline_rate(model, backend, min(count, 8))[1]
+    bound = (compute + max_wait_ms / 1000) * 1.2 * 1000
+    lag = run["metrics"]["total"]["lag_ms"] or {}
+    met = lag.get("p99", 1e9) <= bound and not run["dropped"]
+    p50, p99 = lag.get("p50", float("nan")), lag.get("p99", float("nan"))
+    cells = [f"{p50:.0f}", f"{p99:.0f}", f"{bound:.0f}", "met" if met else "missed"]
+    return [count, run["results"], run["dropped"], *cells]
+
+
 def rss_mb(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/status") as status:
@@ -137,8 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     files = clips(args.out, 8, args.seconds)
     backend = ["--backend", args.backend]
 
-    rate8, batch8_seconds = pipeline_rate(model, args.backend, 8)
     if not args.skip_files:
+        rate8, _ = pipeline_rate(model, args.backend, 8)
         rate1, _ = pipeline_rate(model, args.backend, 1)
         run8 = infer(model, files, *backend, "--batch", "8")
         run1 = infer(model, files, *backend, "--batch", "1")
@@ -158,24 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     for count in args.live:
         sources = files[:count] if count <= len(files) else [files[k % len(files)] for k in range(count)]
         run = infer(model, sources, *backend, "--realtime", "--max-wait-ms", str(args.max_wait_ms))
-        total = run["metrics"]["total"]
-        compute = batch8_seconds if count >= 8 else pipeline_rate(model, args.backend, count)[1]
-        bound = (compute + args.max_wait_ms / 1000) * 1.2 * 1000
-        lag = total["lag_ms"] or {}
-        rows.append(
-            [
-                count,
-                run["results"],
-                run["dropped"],
-                f"{lag.get('p50', float('nan')):.0f}",
-                f"{lag.get('p99', float('nan')):.0f}",
-                f"{bound:.0f}",
-                "met" if lag.get("p99", 1e9) <= bound and not run["dropped"] else "missed",
-            ]
-        )
+        rows.append(live_row(run, count, model, args.backend, args.max_wait_ms))
     print_table(
         f"live: N streams at 12 fps, --realtime for {args.seconds:.0f} s, --max-wait-ms {args.max_wait_ms:g}",
-        ["streams", "predictions", "dropped", "lag p50 ms", "lag p99 ms", "bound ms", "target"],
+        LIVE_COLUMNS,
         rows,
     )
     if args.rtsp:
@@ -193,26 +194,12 @@ def main(argv: list[str] | None = None) -> None:
                     "--max-wait-ms",
                     str(args.max_wait_ms),
                 )
-                total = run["metrics"]["total"]
-                compute = pipeline_rate(model, args.backend, min(count, 8))[1]
-                bound = (compute + args.max_wait_ms / 1000) * 1.2 * 1000
-                lag = total["lag_ms"] or {}
-                rows.append(
-                    [
-                        count,
-                        run["results"],
-                        run["dropped"],
-                        f"{lag.get('p50', float('nan')):.0f}",
-                        f"{lag.get('p99', float('nan')):.0f}",
-                        f"{bound:.0f}",
-                        "met" if lag.get("p99", 1e9) <= bound and not run["dropped"] else "missed",
-                    ]
-                )
+                rows.append(live_row(run, count, model, args.backend, args.max_wait_ms))
         finally:
             server.stop()
         print_table(
             f"live: N sessions of the RTSP test server's 12 fps stream for {args.seconds:.0f} s",
-            ["streams", "predictions", "dropped", "lag p50 ms", "lag p99 ms", "bound ms", "target"],
+            LIVE_COLUMNS,
             rows,
         )
     if args.memory_minutes:

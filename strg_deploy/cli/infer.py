@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +26,7 @@ def register(app: typer.Typer) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop) -> None:
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
     """Call ``stop()`` on SIGINT and SIGTERM while the block runs (main thread only); restore after."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -60,6 +61,7 @@ def _load_pipeline(model: Path, backend: str, threads: int, verify: bool):
                 f"{model} fails verification on {backend} ({bad.network}: {bad.output or 'files'}); "
                 f"see strg verify {model} --backend {backend}"
             )
+        return result.pipeline  # the verified export, loaded once
     return Pipeline.load(model, backend, threads=threads)
 
 

@@ -18,9 +18,10 @@ from strg_deploy.cli.common import (
     new_table,
     reports_errors,
 )
+from strg_deploy.engines.pipeline import RUNTIMES
 from strg_deploy.errors import StrgError
 
-VERIFY_BACKENDS = ("auto", "onnxruntime", "openvino")
+VERIFY_BACKENDS = ("auto", *RUNTIMES)
 
 
 def register(app: typer.Typer) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from strg_deploy.contract.manifest import file_sha256
 from strg_deploy.errors import StrgError
 from strg_deploy.fileio import atomic_path
 
@@ -62,8 +63,6 @@ def reference_entry(
     path: str | Path, names: list[str], atol: float, rtol: float, tie: float
 ) -> dict[str, Any]:
     """The manifest's ``reference`` entry for the file at ``path``."""
-    from strg_deploy.contract.manifest import file_sha256
-
     return {
         "file": Path(path).name,
         "sha256": file_sha256(path),

@@ -34,11 +34,13 @@ REPEATS = 3
 @dataclasses.dataclass(frozen=True)
 class RuntimeChoice:
     """``runtimes`` {network: runtime}, ``milliseconds`` {network: {runtime: best time at batch 1}},
-    ``reused``: read from :data:`CHOICE_FILE` rather than measured now."""
+    ``reused``: read from :data:`CHOICE_FILE` rather than measured now; ``networks``: the chosen
+    networks already loaded by the measurement (empty when nothing was measured), for the pipeline."""
 
     runtimes: dict[str, str]
     milliseconds: dict[str, dict[str, float]]
     reused: bool
+    networks: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 def processor_name() -> str:
@@ -86,16 +88,13 @@ def _remembered(path: Path, key: dict[str, Any]) -> RuntimeChoice | None:
         return None
 
 
-def _inputs(folder: Path, manifest: dict[str, Any], runtime: str, threads: int) -> dict[str, dict]:
-    """Batch-1 inputs of each network, from the chain on a synthetic clip run on ``runtime``."""
-    from strg_deploy.engines.pipeline import load_network
-
+def _inputs(manifest: dict[str, Any], rpn, backbone) -> dict[str, dict]:
+    """Batch-1 inputs of each network, from ``rpn`` and ``backbone`` (loaded networks) on a synthetic clip."""
     cfg = ModelConfig.from_dict(manifest["model"]["config"])
     clip = synthetic_clip(cfg.frames, cfg.size, seed=0)[None]
     frames = rpn_frames(clip, cfg.backbone.temporal_stride)
-    files = {n: folder / manifest["networks"][n]["file"] for n in NETWORKS}
-    proposals = load_network(runtime, files["rpn"], threads).run({"frames": frames})
-    features = load_network(runtime, files["backbone"], threads).run({"clip": clip})["features"]
+    proposals = rpn.run({"frames": frames})
+    features = backbone.run({"clip": clip})["features"]
     shape = (1, cfg.feature_frames, cfg.proposals.num_boxes)
     return {
         "rpn": {"frames": frames},
@@ -134,17 +133,19 @@ def choose_runtimes(folder: str | Path, manifest: dict[str, Any], threads: int =
     remembered = _remembered(folder / CHOICE_FILE, key)
     if remembered is not None:
         return remembered
-    inputs = _inputs(folder, manifest, runtimes[0], threads)
-    milliseconds: dict[str, dict[str, float]] = {n: {} for n in NETWORKS}
-    for network in NETWORKS:
-        for runtime in runtimes:
-            loaded = load_network(runtime, folder / manifest["networks"][network]["file"], threads)
-            milliseconds[network][runtime] = round(_time(loaded, inputs[network]), 3)
-            del loaded
+    loaded = {
+        (network, runtime): load_network(runtime, folder / manifest["networks"][network]["file"], threads)
+        for network in NETWORKS
+        for runtime in runtimes
+    }
+    inputs = _inputs(manifest, loaded["rpn", runtimes[0]], loaded["backbone", runtimes[0]])
+    milliseconds = {n: {r: round(_time(loaded[n, r], inputs[n]), 3) for r in runtimes} for n in NETWORKS}
     chosen = {n: min(milliseconds[n], key=milliseconds[n].__getitem__) for n in NETWORKS}
     record = {"key": key, "runtimes": chosen, "milliseconds": milliseconds}
     try:
         atomic_write_text(folder / CHOICE_FILE, json.dumps(record, indent=2) + "\n")
     except (StrgError, OSError):
         pass  # a read-only export: measured again on the next load
-    return RuntimeChoice(chosen, milliseconds, reused=False)
+    return RuntimeChoice(
+        chosen, milliseconds, reused=False, networks={n: loaded[n, chosen[n]] for n in NETWORKS}
+    )

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from strg_deploy.errors import StrgError
+
 
 @dataclasses.dataclass(frozen=True)
 class BackendInfo:
@@ -70,8 +72,6 @@ class HostNetwork:
     limits: BatchLimits = UNLIMITED
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        from strg_deploy.errors import StrgError
-
         missing = [name for name in self.input_names if name not in inputs]
         if missing:
             raise StrgError(f"missing input(s) {', '.join(missing)}")

@@ -166,7 +166,8 @@ class Pipeline:
             choice = choose_runtimes(path, manifest, threads)
             per_network = dict(choice.runtimes)
         files = {n: path / manifest["networks"][n]["file"] for n in NETWORKS}
-        networks = {n: load_network(per_network[n], files[n], threads) for n in NETWORKS}
+        measured = choice.networks if choice is not None else {}  # auto's timing loaded them already
+        networks = {n: measured.get(n) or load_network(per_network[n], files[n], threads) for n in NETWORKS}
         return cls(networks, cfg, activation, path, choice)
 
     @property

@@ -28,11 +28,16 @@ from strg_deploy.engines.pipeline import Pipeline
 @dataclasses.dataclass(frozen=True)
 class Verification:
     """``rows`` (module docstring), ``passed`` when all pass, ``clips`` the reference clips' names,
-    ``backends`` what ran each network (``Pipeline.describe``; empty when a file had changed)."""
+    ``pipeline`` the loaded export that was verified (None when a file had changed: nothing was loaded),
+    ``backends`` what ran each network (``Pipeline.describe``)."""
 
     rows: list[Comparison]
     clips: tuple[str, ...]
-    backends: list[dict]
+    pipeline: Pipeline | None
+
+    @property
+    def backends(self) -> list[dict]:
+        return self.pipeline.describe() if self.pipeline is not None else []
 
     @property
     def passed(self) -> bool:
@@ -78,7 +83,7 @@ def verify_export(
     changed = verify_files(folder, manifest)
     add(files_row(name, changed))
     if changed:
-        return Verification(rows, reference.names, [])
+        return Verification(rows, reference.names, None)
     pipeline = Pipeline.load(folder, backend, threads=threads, check_files=False)
     cfg, clips = pipeline.cfg, reference.clips
     expected = reference.outputs
@@ -107,4 +112,4 @@ def verify_export(
     chain_runtime = "+".join(dict.fromkeys(runtime.values()))
     actual = pipeline.run(clips).as_dict()
     add(compare_outputs("chain", chain_runtime, inputs, chain_expected, actual, *tolerances))
-    return Verification(rows, reference.names, pipeline.describe())
+    return Verification(rows, reference.names, pipeline)

@@ -93,9 +93,9 @@ class Batcher:
         return dict(self._queues)
 
     def finished(self) -> bool:
-        """Every queue closed and empty: no window will come any more."""
-        with self._ready:
-            return all(q.closed and not len(q) for q in self._queues.values())
+        """Every queue closed and empty (and at least one queue): no window will come any more."""
+        with self._ready:  # a reentrant lock: next_batch calls this while holding it
+            return bool(self._queues) and all(q.closed and not len(q) for q in self._queues.values())
 
     def pending(self) -> int:
         """Windows waiting in all queues."""
@@ -135,7 +135,7 @@ class Batcher:
                 batch = self._round(self.max_batch)
                 if batch:
                     break
-                if all(q.closed and not len(q) for q in self._queues.values()) and self._queues:
+                if self.finished():
                     return []
                 self._ready.wait(poll)
             self._ready.notify_all()  # producers blocked on a full file queue may go on
@@ -147,7 +147,7 @@ class Batcher:
                     self._ready.notify_all()
                     continue
                 left = deadline - self._clock()
-                if left <= 0 or all(q.closed and not len(q) for q in self._queues.values()):
+                if left <= 0 or self.finished():
                     break
                 if stop is not None and stop.is_set():
                     break
