@@ -196,6 +196,44 @@ def test_constant_rate_windows_start_every_stride_and_take_the_centres():
     assert builder.pending_frames < 25
 
 
+@pytest.mark.parametrize(
+    ("per_window", "after_first"),
+    [
+        (8, 12),  # samples 4.25, 4.75, ..., 9.75 s fall on frames
+        (16, 24),  # samples 4.125, 4.375, ..., 9.875 s fall halfway between two frames: the earlier takes it
+    ],
+)
+def test_frames_are_converted_only_when_kept_and_at_most_the_newest_waits(per_window, after_first):
+    converted: list[int] = []
+
+    def deferred(index: int, time: float) -> Frame:
+        eager = _frame(index, time)
+
+        def image() -> np.ndarray:
+            converted.append(index)
+            return eager.image
+
+        return Frame("cam", image, time, eager.wall_time, index, eager.transform, eager.source_size)
+
+    times = np.arange(120) / 12.0  # 12 fps, 10 s: windows of 4 s every 2 s
+    lazy, eager = WindowBuilder("cam", per_window, 4.0, 2.0), WindowBuilder("cam", per_window, 4.0, 2.0)
+    lazy_windows, eager_windows = [], []
+    for i, t in enumerate(times):
+        lazy_windows += lazy.push(deferred(i, float(t)))
+        eager_windows += eager.push(_frame(i, float(t)))
+        assert sum(callable(f.pixels) for f in lazy._held) <= 1  # only the newest is unconverted
+    lazy_windows += lazy.flush()
+    eager_windows += eager.flush()
+    assert [_indices(w) for w in lazy_windows] == [_indices(w) for w in eager_windows]
+    assert len(lazy_windows) == 4
+    sampled = {i for w in lazy_windows for i in _indices(w)}
+    assert len(converted) == len(set(converted))  # each at most once
+    # before the first window every frame is kept (0 .. 46; frame 48 at 4.0 s completes it, and 47,
+    # still the newest then, is dropped unconverted); after it, only sampled frames are converted
+    assert set(converted) == set(range(47)) | sampled
+    assert len(converted) == 47 + after_first
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_variable_rate_samples_the_nearest_frame_of_all_frames(seed):
     """Jittery, bursty and repeated timestamps: every window equals brute force over all frames, so the

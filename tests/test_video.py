@@ -115,6 +115,18 @@ def test_arm_wrestling_times_are_k_over_28():
 
 
 @needs_videos
+def test_deferred_frames_convert_to_the_same_images_in_any_order():
+    path = clip_path("keyboard_rotated90_h264_568x320.mov")  # rotation applies when converting
+    with open_video(path) as video:
+        eager = list(video.frames(size=(40, 72)))
+        deferred = list(video.deferred_frames(size=(40, 72)))
+    assert [d.time for d in deferred] == [e.time for e in eager]
+    for d, e in reversed(list(zip(deferred, eager, strict=True))):  # after the reader moved on and closed
+        np.testing.assert_array_equal(d.image(), e.image)
+    assert deferred[0].image().shape == (72, 40, 3)
+
+
+@needs_videos
 def test_second_video_stream_and_bad_stream_index():
     path = clip_path("nasa_two_video_streams.mp4")
     with open_video(path, stream=1) as video:

@@ -271,7 +271,7 @@ class StreamReader:
         started = time.monotonic()
         last_arrival = started
         try:
-            for decoded in video.frames(size=plan.decode_size):
+            for decoded in video.deferred_frames(size=plan.decode_size):
                 wall = time.time()
                 last_arrival = time.monotonic()
                 if first is None:
@@ -288,7 +288,7 @@ class StreamReader:
                     if self._stopping.wait(max(0.0, paced_start + media - time.monotonic())):
                         return got
                     wall = time.time()
-                image = np.ascontiguousarray(plan.apply(decoded.image))
+                image = _model_image(plan, decoded.image)
                 frame = Frame(self.spec.name, image, media, wall, self._frames, plan.transform, source_size)
                 if self._last_time is not None and media > self._last_time:
                     self._interval = media - self._last_time
@@ -306,6 +306,11 @@ class StreamReader:
                 raise _Failure(f"{self.spec.display}: no data for {idle:.1f} s (read timeout)", got) from None
             raise _Failure(str(error), got) from None
         return got
+
+
+def _model_image(plan: GeometryPlan, decoded: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+    """A function that converts a decoded frame and applies ``plan``: -> uint8 [S, S, 3], contiguous."""
+    return lambda: np.ascontiguousarray(plan.apply(decoded()))
 
 
 def _failures(count: int) -> str:

@@ -160,10 +160,10 @@ class InferenceRunner:
             timer = threading.Timer(settings.duration, self._time_up)
             timer.daemon = True
             timer.start()
-        self.warm_up()
         for reader in self._readers.values():
             reader.start()
         try:
+            self.warm_up()  # while the readers open their sources and fill their first windows
             while not self.stop_event.is_set():
                 batch = self.batcher.next_batch(self.stop_event)
                 if not batch:
@@ -186,8 +186,9 @@ class InferenceRunner:
         return self.summary
 
     def warm_up(self) -> None:
-        """One run of the pipeline on a blank clip before the readers start: the runtimes' first-run
-        costs (allocations, kernel selection) are not paid by the first window of a live stream."""
+        """One run of the pipeline on a blank clip while the readers open their sources (a window needs
+        seconds of frames first): the runtimes' first-run costs (allocations, kernel selection) are not
+        paid by the first window of a live stream."""
         cfg = self.pipeline.cfg
         self.pipeline.run(np.zeros((1, 3, cfg.frames, cfg.size, cfg.size), np.uint8))
 

@@ -12,6 +12,7 @@ continues across reconnects of a live stream (a reconnected stream resumes after
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -55,19 +56,29 @@ class Transform:
 IDENTITY = Transform(1.0, 0.0, 1.0, 0.0)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Frame:
-    """One decoded frame, already brought to the model's size: ``image`` uint8 [S, S, 3] RGB; ``transform``
-    maps its pixels back to the source frame (``source_size`` (width, height) after rotation);
-    ``media_time`` and ``wall_time`` as in the module docstring; ``index`` counts the stream's frames."""
+    """One decoded frame, brought to the model's size when first asked: ``image`` uint8 [S, S, 3] RGB;
+    ``transform`` maps its pixels back to the source frame (``source_size`` (width, height) after
+    rotation); ``media_time`` and ``wall_time`` as in the module docstring; ``index`` counts the stream's
+    frames. ``pixels`` is the image, or a function that makes it: the first read of ``image`` calls it
+    and keeps the result, so a frame no window samples is never converted."""
 
     stream: str
-    image: np.ndarray
+    pixels: np.ndarray | Callable[[], np.ndarray]
     media_time: float
     wall_time: float
     index: int
     transform: Transform = IDENTITY
     source_size: tuple[int, int] = (0, 0)
+
+    @property
+    def image(self) -> np.ndarray:
+        pixels = self.pixels
+        if callable(pixels):
+            pixels = pixels()
+            object.__setattr__(self, "pixels", pixels)  # made once; the decoded frame is let go
+        return pixels
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,10 @@ wholly in a gap of the stream) is skipped. At the end of a file, :meth:`WindowBu
 is left: one window over [0, last frame time] when the file was shorter than a window, else the next
 window when frames cover at least half of it.
 
+Conversion: a frame's image is made (``Frame.image``) only once it is known to be kept, when the next
+frame arrives, or when a window takes it. Once the first window is out, a frame that no window samples is
+never converted; at most the newest frame of a stream is held unconverted.
+
 Memory: once the first window is out, a frame is kept only while some sample time of a window still to
 come may take it, so what a stream holds is bounded by the windows open at once times T, whatever the
 frame rate and however long the stream runs. Before the first window every frame is kept (at most one
@@ -20,6 +24,7 @@ The same frames always give the same windows. Nothing here imports torch.
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -63,6 +68,7 @@ class WindowBuilder:
         self.window = _positive("window", window_seconds)
         self.stride = _positive("stride", stride_seconds)
         self._offsets = paper_times(self.window, self.frames, self.window)  # float64 [T], in [0, window]
+        self._offsets_list = [float(o) for o in self._offsets]  # the same, for scalar arithmetic
         self._held: list[Frame] = []
         self._next = 0  # the first window not yet complete
         self._sequence = 0  # windows emitted
@@ -102,6 +108,8 @@ class WindowBuilder:
             out.append(self._emit(self._start(k) + self._offsets, k, frame.wall_time))
         if self._sequence:
             self._prune(everything=bool(out))
+        if len(self._held) > 1:  # the frame before the newest stays: convert it now, let its decode go
+            self._held[-2].image
         return out
 
     def flush(self) -> list[Window]:
@@ -141,7 +149,7 @@ class WindowBuilder:
         return window
 
     def _prune(self, everything: bool) -> None:
-        """Drop held frames that no sample time of a window still to come can take: all frames after an
+        """Drop held frames that no sample time of a window still to come takes: all frames after an
         emission, else just the one before the newest (whose share of time just became known)."""
         held = self._held
         if len(held) < 2:
@@ -149,22 +157,35 @@ class WindowBuilder:
         candidates = range(len(held) - 1) if everything else [len(held) - 2]
         drop = set()
         for j in candidates:
-            low = (held[j - 1].media_time + held[j].media_time) / 2 if j > 0 else -math.inf
-            high = (held[j].media_time + held[j + 1].media_time) / 2
-            if not self._samples_between(low, high):
+            before = held[j - 1].media_time if j > 0 else None
+            if not self._takes(before, held[j].media_time, held[j + 1].media_time):
                 drop.add(j)
         if drop:
             self._held = [f for j, f in enumerate(held) if j not in drop]
 
-    def _samples_between(self, low: float, high: float) -> bool:
-        """Whether a sample time of a window k >= the next lies in [low, high] (widened by a hair, so
-        float rounding can only keep a frame, never drop one a window takes)."""
+    def _takes(self, before: float | None, time: float, after: float) -> bool:
+        """Whether a sample time of a window k >= the next takes the frame at ``time`` between frames at
+        ``before`` (None: none) and ``after``, by :func:`nearest`'s rule (ties: the earlier frame). The
+        candidates are the sample times within the frame's share of time widened by a hair, computed as
+        :meth:`_emit` computes them, so float rounding can only keep a frame, never drop one a window
+        takes."""
+        low = (before + time) / 2 if before is not None else -math.inf
+        high = (time + after) / 2
         slack = 1e-9 * max(1.0, abs(high))
         low, high = low - slack, high + slack
-        first = np.ceil((low - self._offsets) / self.stride) if low > -math.inf else self._next
-        for shift in (-1, 0, 1):  # the ceil may be one off; the times are computed as _emit does
-            k = np.maximum(self._next, first + shift)
-            times = k * self.stride + self._offsets
-            if np.any((times >= low) & (times <= high)):
-                return True
+        offsets, stride = self._offsets_list, self.stride
+        first = self._next if low == -math.inf else max(self._next, math.floor((low - self.window) / stride) - 1)
+        for k in range(first, math.floor(high / stride) + 2):  # windows that may reach into [low, high]
+            start = k * stride
+            for i in range(bisect.bisect_left(offsets, low - start - slack), len(offsets)):
+                sample = start + offsets[i]  # as _emit computes it
+                if sample > high:
+                    break
+                if sample < low:
+                    continue
+                if sample <= time:  # at or before this frame: the earlier one wins a tie
+                    if before is None or abs(sample - before) > abs(time - sample):
+                        return True
+                elif abs(sample - time) <= abs(after - sample):
+                    return True
         return False
