@@ -129,6 +129,40 @@ def test_sigterm_stops_cleanly_with_whole_lines(tiny_export, tmp_path):
     assert len(lines) == summary["results"] and out.read_text().endswith("\n")
 
 
+def test_a_terminal_shows_the_live_table_while_predictions_go_to_the_file(tiny_export, clips, tmp_path):
+    import pty
+
+    _, export = tiny_export
+    out = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "strg_deploy.cli", "infer", str(export), str(clips[0]), str(clips[1])]
+    leader, follower = pty.openpty()  # stderr is a terminal: the live view is on
+    process = subprocess.Popen(
+        [*command, "--realtime", "--out", str(out), "--backend", "onnxruntime"],
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+        env={**os.environ, "COLUMNS": "100"},
+    )
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert process.wait(60) == 0, shown.decode(errors="replace")
+    text = shown.decode(errors="replace")
+    for word in ("strg infer", "lag99", "lat50", "drops", "reconn", "queue", "clip0", "clip1", "total"):
+        assert word in text, word
+    assert "\x1b[" in text  # drawn with terminal control codes, redrawn in place
+    lines = read_json_lines(out)
+    assert {line["stream"] for line in lines} == {"clip0", "clip1"}
+    assert f"{len(lines)} predictions from 2 stream(s)" in text.rstrip().splitlines()[-1]  # the summary last
+
+
 def test_predictions_from_a_camera_that_drops_and_comes_back(tiny_export, rtsp_server, tmp_path):
     _, export = tiny_export
     server = rtsp_server()

@@ -100,8 +100,8 @@ def test_sigmoid_activation_is_stable():
 class Limited:
     """A network with a batch limit that records the batch sizes it was given."""
 
-    def __init__(self, network, maximum: int):
-        self.network, self.limits, self.seen = network, BatchLimits(maximum=maximum), []
+    def __init__(self, network, maximum: int, optimal: int | None = None):
+        self.network, self.limits, self.seen = network, BatchLimits(optimal=optimal, maximum=maximum), []
         self.input_names, self.output_names = network.input_names, network.output_names
         self.info = network.info
 
@@ -125,7 +125,7 @@ def test_batches_larger_than_a_network_takes_run_in_chunks(export):
         "head": pipeline.networks["head"],
     }
     chunked = Pipeline(limited, model.cfg, "softmax", folder)
-    assert chunked.max_clips() == 2
+    assert chunked.max_clips() == 2 and chunked.preferred_clips() is None
     got = chunked.run(clips)
     assert limited["backbone"].seen == [2, 2, 1] and limited["rpn"].seen == [2 * t, 2 * t, t]
     for name, value in whole.as_dict().items():
@@ -308,3 +308,16 @@ print(len(result.rows))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "5"
+
+
+def test_the_preferred_batch_is_the_smallest_optimal_size_in_clips(export):
+    model, folder = export
+    pipeline = Pipeline.load(folder, "onnxruntime")
+    assert pipeline.preferred_clips() is None  # CPU runtimes take any batch
+    t = model.cfg.feature_frames
+    tuned = {
+        "rpn": Limited(pipeline.networks["rpn"], maximum=8 * t, optimal=3 * t),  # frames: 3 clips
+        "backbone": Limited(pipeline.networks["backbone"], maximum=8, optimal=4),
+        "head": pipeline.networks["head"],
+    }
+    assert Pipeline(tuned, model.cfg, "softmax", folder).preferred_clips() == 3

@@ -93,3 +93,34 @@ def test_stop_and_closed_queues_end_next_batch():
     queue.close()
     assert [w.sequence for w in batcher.next_batch()] == [0]
     assert batcher.next_batch() == [] and batcher.finished()
+
+
+def test_a_preferred_size_closes_a_batch_early_and_waiting_windows_still_join():
+    batcher = Batcher(max_batch=4, max_wait=5.0, preferred=2)
+    queue = batcher.queue("s", capacity=10, live=True)
+    queue.put(window("s", 0))
+    threading.Timer(0.1, lambda: queue.put(window("s", 1))).start()
+    start = time.monotonic()
+    assert [w.sequence for w in batcher.next_batch()] == [0, 1]  # at 2, without waiting 5 s for 4
+    assert time.monotonic() - start < 2.0
+    for k in range(2, 7):
+        queue.put(window("s", k))
+    assert [w.sequence for w in batcher.next_batch()] == [2, 3, 4, 5]  # waiting windows fill up to 4
+    assert Batcher(max_batch=4, max_wait=0.0, preferred=9).preferred == 4
+
+
+def test_a_camera_queue_holds_its_newest_window_and_a_file_queue_four():
+    from types import SimpleNamespace
+
+    from strg_deploy.stream.runner import InferenceRunner, RunSettings
+    from strg_deploy.stream.types import SourceSpec
+
+    pipeline = SimpleNamespace(max_clips=lambda: None, preferred_clips=lambda: 3)
+    specs = [SourceSpec("cam", "rtsp://h/x", "rtsp://h/x", True), SourceSpec("file", "a.mp4", "a.mp4", False)]
+    runner = InferenceRunner(pipeline, specs, RunSettings(), lambda *a: None, lambda spec: None, print)
+    queues = runner.batcher.queues
+    assert (queues["cam"].capacity, queues["file"].capacity) == (1, 4)
+    assert (runner.batcher.max_batch, runner.batcher.preferred) == (8, 3)
+    for k in range(3):
+        queues["cam"].put(window("cam", k))
+    assert queues["cam"].dropped == 2 and [w.sequence for w in runner.batcher.next_batch()] == [2]

@@ -195,13 +195,22 @@ class Pipeline:
 
     def max_clips(self) -> int | None:
         """The most clips one call of the networks takes (None: no limit); ``run`` chunks larger batches."""
+        return self._clips_by_limit("maximum")
+
+    def preferred_clips(self) -> int | None:
+        """The batch of clips the networks were tuned for (their ``BatchLimits.optimal``, the smallest
+        where several say; None when none says): the size a batcher should aim for."""
+        return self._clips_by_limit("optimal")
+
+    def _clips_by_limit(self, field: str) -> int | None:
+        """The smallest ``BatchLimits.<field>`` over the networks, in clips (the RPN counts frames)."""
         per_frame = self.cfg.feature_frames
-        bounds = []
+        sizes = []
         for name, network in self.networks.items():
-            maximum = network.limits.maximum
-            if maximum is not None:
-                bounds.append(maximum // per_frame if name == "rpn" else maximum)
-        return max(1, min(bounds)) if bounds else None
+            size = getattr(network.limits, field)
+            if size is not None:
+                sizes.append(size // per_frame if name == "rpn" else size)
+        return max(1, min(sizes)) if sizes else None
 
     def check_clips(self, clips: Any) -> np.ndarray:
         """``clips`` as a uint8 array [B, 3, T, S, S] of this model; StrgError naming the expected shape."""

@@ -9,8 +9,10 @@ Each stream has a :class:`StreamQueue` of windows waiting for the model:
 
 :class:`Batcher` takes up to ``max_batch`` windows per batch, one per stream per round (round robin,
 starting after the stream served first last time), so a busy stream cannot starve the others. A batch
-closes when full or when ``max_wait`` seconds have passed since its first window was taken. What is in
-flight is bounded: the queues' capacities plus one batch.
+closes when full or when ``max_wait`` seconds have passed since its first window was taken. With a
+``preferred`` size (a backend's tuned batch, such as a TensorRT engine's optimisation profile), a batch
+closes as soon as it holds that many, and windows already waiting still join it up to ``max_batch``. What
+is in flight is bounded: the queues' capacities plus one batch.
 """
 
 from __future__ import annotations
@@ -71,10 +73,17 @@ class StreamQueue:
 class Batcher:
     """Fair batches over the queues it creates (:meth:`queue`); see the module docstring."""
 
-    def __init__(self, max_batch: int, max_wait: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        max_batch: int,
+        max_wait: float,
+        clock: Callable[[], float] = time.monotonic,
+        preferred: int | None = None,
+    ):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.max_batch = max_batch
+        self.preferred = max_batch if preferred is None else max(1, min(preferred, max_batch))
         self.max_wait = max_wait
         self._clock = clock
         self._ready = threading.Condition()
@@ -124,8 +133,9 @@ class Batcher:
         return taken
 
     def next_batch(self, stop: threading.Event | None = None, poll: float = 0.05) -> list[Window]:
-        """The next batch: waits for a first window, then for more until the batch is full or
-        ``max_wait`` has passed since the first; wakes up to put windows in ``self._queues`` notifications.
+        """The next batch: waits for a first window, then for more until the batch holds ``preferred``
+        windows (``max_batch`` unless given) or ``max_wait`` has passed since the first, taking what is
+        already waiting up to ``max_batch``; wakes up to put windows in ``self._queues`` notifications.
         Returns [] when every queue is closed and empty, or when ``stop`` is set."""
         with self._ready:
             batch: list[Window] = []
@@ -146,6 +156,8 @@ class Batcher:
                     batch.extend(more)
                     self._ready.notify_all()
                     continue
+                if len(batch) >= self.preferred:
+                    break
                 left = deadline - self._clock()
                 if left <= 0 or self.finished():
                     break

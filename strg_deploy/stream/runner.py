@@ -6,10 +6,10 @@ to the sinks.
     main thread: batch of windows -> Pipeline.run(clips [B, 3, T, S, S]) -> WindowResult -> sinks
 
 Decoding and window building run in the readers' threads, concurrently with inference in the calling
-thread. What is in flight is bounded by the queues (``queue_windows`` per stream) and one batch. The run
-ends when every stream has ended (files) or given up (cameras past ``--max-retries``), when
-``max_windows`` results were made, after ``duration`` seconds, or when :meth:`InferenceRunner.stop` is
-called (the CLI calls it on SIGINT and SIGTERM): readers are stopped and joined (an RTSP session sends its
+thread. What is in flight is bounded by the queues (``queue_windows`` per file stream,
+``live_queue_windows`` per live one) and one batch. The run ends when every stream has ended (files) or
+given up (cameras past ``--max-retries``), when ``max_windows`` results were made, after ``duration``
+seconds, or when :meth:`InferenceRunner.stop` is called (the CLI calls it on SIGINT and SIGTERM): readers are stopped and joined (an RTSP session sends its
 TEARDOWN as its container closes), windows still queued are counted as ``unprocessed``, and the sinks are
 closed, so every output file ends with a whole line.
 """
@@ -30,16 +30,20 @@ from strg_deploy.stream.types import Frame, SourceSpec, Window, WindowResult
 
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
-    """How a run batches and windows: ``batch`` (at most, and at most what the backend takes),
+    """How a run batches and windows: ``batch`` (at most, and at most what the backend takes; a batch
+    closes early at the size the backend was tuned for, :meth:`Pipeline.preferred_clips`),
     ``max_wait`` seconds a batch waits for more windows after its first, ``window`` and ``stride``
-    (seconds; None: the model's span and half of it), ``queue_windows`` per stream, ``max_windows``
-    results (None: no bound), ``duration`` seconds (None: no bound)."""
+    (seconds; None: the model's span and half of it), ``queue_windows`` per file stream and
+    ``live_queue_windows`` per live stream (1: only a camera's newest window waits, so when the model
+    cannot keep up the lag stays about one round over the streams instead of growing with a deeper queue),
+    ``max_windows`` results (None: no bound), ``duration`` seconds (None: no bound)."""
 
     batch: int = 8
     max_wait: float = 0.02
     window: float | None = None
     stride: float | None = None
     queue_windows: int = 4
+    live_queue_windows: int = 1
     max_windows: int | None = None
     duration: float | None = None
 
@@ -102,7 +106,8 @@ class InferenceRunner:
         limit = pipeline.max_clips()
         self.pipeline = pipeline
         self.settings = settings
-        self.batcher = Batcher(min(settings.batch, limit or settings.batch), settings.max_wait)
+        batch = min(settings.batch, limit or settings.batch)
+        self.batcher = Batcher(batch, settings.max_wait, preferred=pipeline.preferred_clips())
         self.stop_event = threading.Event()
         self._timed_out = False
         self.summary = RunSummary()
@@ -112,7 +117,8 @@ class InferenceRunner:
         self._queues: dict[str, StreamQueue] = {}
         self._readers = {}
         for spec in specs:
-            queue = self.batcher.queue(spec.name, settings.queue_windows, spec.live)
+            capacity = settings.live_queue_windows if spec.live else settings.queue_windows
+            queue = self.batcher.queue(spec.name, capacity, spec.live)
             builder = make_builder(spec)
             self._queues[spec.name] = queue
             on_frame = self._frame_handler(queue, builder)
