@@ -1,0 +1,84 @@
+"""Ahead-of-time compilation of the plugin kernels to PTX on the CPU (triton.compile for a CUDA target).
+
+Checks what TensorRT's AOT plugin launch relies on: the entry name, the parameter list (input pointers,
+int32 scalars, output pointers, then Triton's two hidden scratch pointers), the pinned PTX version, the
+target, and warps and shared memory equal to what strg_deploy.plugins.launch declares. Nothing here runs
+the PTX: that needs an NVIDIA GPU.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from strg_deploy.errors import StrgError
+from strg_deploy.plugins import launch
+
+pytest.importorskip("triton")
+
+from strg_deploy.plugins import ptx  # noqa: E402  (imports triton lazily, but needs it for the skip reason)
+
+REASON = ptx.cuda_compile_unavailable()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"triton cannot compile for CUDA here: {REASON}")
+
+POINTER = ".u64 .ptr .global .align 1"  # no alignment specialisation: any device pointer is accepted
+INT32 = ".u32"
+PAPER = {"spatial_scale": 1 / 16, "output_size": 7, "sampling_ratio": 2}
+TARGETS = [(80, "sm_80"), (90, "sm_90a")]
+
+
+def expected_params(spec: launch.KernelSpec) -> tuple[str, ...]:
+    """Inputs, int32 scalars, outputs, then the global and profile scratch pointers Triton 3.8 appends."""
+    declared = [POINTER] * len(spec.inputs) + [INT32] * len(spec.int_args) + [POINTER] * len(spec.outputs)
+    return (*declared, POINTER, POINTER)
+
+
+@pytest.mark.parametrize("cc, target", TARGETS)
+@pytest.mark.parametrize("spec", [launch.ROI_SPEC, launch.GRAPH_SPEC], ids=lambda s: s.name)
+def test_kernel_compiles_to_ptx_as_launch_declares(spec, cc, target):
+    kernel = ptx.compile_kernel(spec.name, cc=cc, ptx_version=80, attributes=PAPER)
+    assert kernel.name == spec.name
+    assert re.search(rf"^\.visible \.entry {spec.name}\(", kernel.ptx, flags=re.MULTILINE)
+    assert kernel.params == expected_params(spec)
+    assert len(kernel.params) == len(spec.inputs) + len(spec.int_args) + len(spec.outputs) + 2
+    assert re.search(r"^\.version 8\.0$", kernel.ptx, flags=re.MULTILINE)
+    assert re.search(rf"^\.target {target}$", kernel.ptx, flags=re.MULTILINE)
+    assert re.search(rf"^\.reqntid {spec.block}$", kernel.ptx, flags=re.MULTILINE)
+    assert kernel.num_warps == spec.num_warps
+    assert kernel.shared_mem == spec.shared_mem
+    assert (kernel.cc, kernel.ptx_version) == (cc, 80)
+    # the hidden scratch pointers are never used, so a null pointer there is fine
+    assert kernel.global_scratch_size == 0
+    assert kernel.profile_scratch_size == 0
+
+
+def test_ptx_version_is_pinned_not_the_newest():
+    kernel = ptx.compile_kernel(launch.GRAPH_KERNEL, cc=80, ptx_version=81)
+    assert re.search(r"^\.version 8\.1$", kernel.ptx, flags=re.MULTILINE)
+
+
+def test_attributes_are_baked_into_the_ptx():
+    """spatial_scale is a compile-time constant: another scale gives other PTX, the same entry."""
+    other = ptx.compile_kernel(launch.ROI_KERNEL, attributes={**PAPER, "spatial_scale": 1 / 8})
+    paper = ptx.compile_kernel(launch.ROI_KERNEL, attributes=PAPER)
+    assert other.name == paper.name and other.params == paper.params
+    assert other.ptx != paper.ptx
+    assert "0f3D800000" in paper.ptx  # 1/16 as a float32 immediate
+    assert "0f3E000000" in other.ptx  # 1/8
+
+
+def test_entry_params_parses_the_entry():
+    text = ".visible .entry k(\n\t.param .u64 .ptr .global .align 1 k_param_0,\n\t.param .u32 k_param_1\n)\n"
+    assert ptx.entry_params(text, "k") == (POINTER, INT32)
+    with pytest.raises(StrgError):
+        ptx.entry_params(text, "other")
+
+
+@pytest.mark.parametrize(
+    "name, attributes",
+    [("no_such_kernel", None), (launch.ROI_KERNEL, None), (launch.ROI_KERNEL, {**PAPER, "output_size": 0})],
+)
+def test_compile_kernel_rejects_bad_requests(name, attributes):
+    with pytest.raises(StrgError):
+        ptx.compile_kernel(name, attributes=attributes)
