@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from strg_deploy import __version__
-from strg_deploy.cli import data, export, infer, model, train, verify
+from strg_deploy.cli import data, engine, export, infer, model, train, verify
 from strg_deploy.cli.common import OneLineErrors
 
 app = typer.Typer(
@@ -49,3 +49,4 @@ verify.register(app)
 infer.register(app)
 model.register(app)
 data.register(app)
+engine.register(app)

@@ -68,6 +68,13 @@ def export_command(
     lint: Annotated[
         Path | None, typer.Option("--lint", help="Lint an export folder for TensorRT instead of exporting.")
     ] = None,
+    engine: Annotated[
+        bool,
+        typer.Option(
+            "--engine", help="Also build TensorRT engines in OUT/engines-<precision> (TensorRT and a GPU)."
+        ),
+    ] = False,
+    precision: Annotated[str, typer.Option("--precision", help="With --engine: fp32 or fp16.")] = "fp32",
     as_json: JsonOption = False,
 ) -> None:
     """Export an STRG checkpoint's three networks to ONNX (custom nodes with function bodies), write
@@ -77,6 +84,15 @@ def export_command(
     if lint is not None:
         _lint_export(lint, as_json)
         return
+    if precision != "fp32" and not engine:
+        raise StrgError("--precision is for --engine (the ONNX files are fp32)")
+    if engine:  # before any work: without TensorRT or a GPU nothing is exported
+        from strg_deploy.contract.engines import PRECISIONS
+        from strg_deploy.export.engine import require_tensorrt
+
+        if precision not in PRECISIONS:
+            raise StrgError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        require_tensorrt("strg export --engine")
     from strg_deploy.extras import require
 
     require("torch", "strg export")
@@ -116,26 +132,32 @@ def export_command(
     )
     if not as_json:
         console.print(table)
+    record: dict = manifest
     if check:
         from strg_deploy.export.parity import check_export
 
         rows = check_export(model, out, videos=videos or ())
         failed = [row for row in rows if not row.passed]
         if as_json:
-            typer.echo(
-                json.dumps({"manifest": manifest, "check": [dataclasses.asdict(r) for r in rows]}, indent=2)
-            )
+            record = {"manifest": manifest, "check": [dataclasses.asdict(r) for r in rows]}
         else:
             console.print(comparison_table(rows, "parity with torch (fp32)"))
         if failed:
+            if as_json:
+                typer.echo(json.dumps(record, indent=2))
             worst = max(failed, key=lambda r: r.max_abs / r.tolerance)
             raise StrgError(
                 f"{len(failed)} of {len(rows)} parity checks failed, e.g. {worst.runtime} {worst.network} on "
                 f"{worst.inputs}: {worst.output} max |diff| {worst.max_abs:.2e}, "
                 f"tolerance {worst.tolerance:.1e}"
             )
-    elif as_json:
-        typer.echo(json.dumps(manifest, indent=2))
+    if engine:
+        from strg_deploy.cli.engine import build_and_report
+
+        engines = build_and_report(out, as_json, precision=precision, max_batch=max_batch, show_json=False)
+        record = {**(record if check and as_json else {"manifest": manifest}), "engines": engines}
+    if as_json:  # one JSON document: the manifest (with --check / --engine: under "manifest")
+        typer.echo(json.dumps(record, indent=2))
 
 
 def _lint_export(folder: Path, as_json: bool) -> None:
