@@ -17,7 +17,7 @@ from strg_deploy.cli.common import PlainUsage, reports_errors, warn
 from strg_deploy.errors import StrgError
 from strg_deploy.fileio import writable_file, writable_folder
 
-BACKEND_NAMES = ("auto", "onnxruntime", "openvino", "torch", "tensorrt")
+BACKEND_NAMES = ("auto", "onnxruntime", "openvino", "torch", "tensorrt", "onnxruntime-cuda")
 
 
 def register(app: typer.Typer) -> None:
@@ -44,11 +44,6 @@ def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
 def _load_pipeline(model: Path, backend: str, threads: int, verify: bool):
     from strg_deploy.engines.pipeline import Pipeline
 
-    if backend == "tensorrt":
-        raise StrgError(
-            "--backend tensorrt needs TensorRT and an NVIDIA GPU (pip install 'strg-deploy[gpu]'); "
-            "its backend is not part of this version: use auto, onnxruntime or openvino"
-        )
     if backend not in BACKEND_NAMES:
         raise StrgError(f"--backend must be one of {', '.join(BACKEND_NAMES)}, got {backend!r}")
     if verify and backend != "torch":
@@ -82,8 +77,20 @@ def infer_command(
         typer.Option("--sources-file", help="One source per line: [name=NAME] URL [key=value ...]."),
     ] = None,
     backend: Annotated[
-        str, typer.Option("--backend", "-b", help="auto, onnxruntime, openvino, torch or tensorrt.")
+        str,
+        typer.Option(
+            "--backend",
+            "-b",
+            help="auto, onnxruntime, openvino, torch, tensorrt (strg engine build) or onnxruntime-cuda.",
+        ),
     ] = "auto",
+    decode: Annotated[
+        str,
+        typer.Option(
+            "--decode",
+            help="Decode video on the cpu, on cuda (NVDEC), or auto (cuda where a GPU decodes, else cpu).",
+        ),
+    ] = "cpu",
     batch: Annotated[int, typer.Option("--batch", min=1, help="Most windows per batch.")] = 8,
     max_wait_ms: Annotated[
         float, typer.Option("--max-wait-ms", min=0, help="How long a batch waits for more windows.")
@@ -166,6 +173,9 @@ def infer_command(
         raise StrgError(
             f"--geometry must be crop or letterbox (roi: per stream, in --sources-file), got {geometry!r}"
         )
+    from strg_deploy.data.gpu_decode import resolve_decode
+
+    decode = resolve_decode(decode, notice=warn)
     specs, problems = parse_sources(sources or [], sources_file, realtime=realtime)
     for problem in problems:
         warn(problem)
@@ -230,6 +240,7 @@ def infer_command(
                 open_timeout=timeout,
                 read_timeout=timeout,
                 on_event=on_event,
+                decode=decode,
             )
 
         def on_event(event) -> None:

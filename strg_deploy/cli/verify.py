@@ -18,10 +18,10 @@ from strg_deploy.cli.common import (
     new_table,
     reports_errors,
 )
-from strg_deploy.engines.pipeline import RUNTIMES
+from strg_deploy.engines.pipeline import GPU_RUNTIMES, RUNTIMES
 from strg_deploy.errors import StrgError
 
-VERIFY_BACKENDS = ("auto", *RUNTIMES)
+VERIFY_BACKENDS = ("auto", *RUNTIMES, *GPU_RUNTIMES)
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +36,12 @@ def verify_command(
     ],
     backend: Annotated[
         str,
-        typer.Option("--backend", "-b", help="auto (fastest runtime per network), onnxruntime or openvino."),
+        typer.Option(
+            "--backend",
+            "-b",
+            help="auto (fastest CPU runtime per network), onnxruntime, openvino, "
+            "onnxruntime-cuda or tensorrt (strg engine build).",
+        ),
     ] = "onnxruntime",
     threads: Annotated[
         int, typer.Option("--threads", help="Intra-op threads (0: the runtime's default).")

@@ -20,10 +20,34 @@ from strg_deploy.extras import require
 NAME = "onnxruntime"
 
 
+GPU_INSTALL = (
+    "pip install 'strg-deploy[gpu]' on a machine with an NVIDIA GPU (onnxruntime-gpu; "
+    "uninstall onnxruntime first: both install the module onnxruntime)"
+)
+
+
+def cuda_provider(device: str) -> tuple[str, dict[str, str]]:
+    """onnxruntime's CUDA provider for ``device`` (cuda or cuda:N) with its options; StrgError, one
+    line, when this onnxruntime has no CUDA provider (the CPU package) or ``device`` is not a GPU."""
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or not (index or "0").isdigit():
+        raise StrgError(f"onnxruntime's device must be cpu, cuda or cuda:N, got {device!r}")
+    ort = require("onnxruntime", "running ONNX files on onnxruntime")
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise StrgError(
+            f"onnxruntime {ort.__version__} here has no CUDA provider (it has {', '.join(available)}): "
+            + GPU_INSTALL
+        )
+    return "CUDAExecutionProvider", {"device_id": index or "0"}
+
+
 class OnnxRuntimeNetwork(HostNetwork):
-    """An ONNX file on onnxruntime's CPU provider (or ``providers``). ``threads``: intra-op threads
-    (0: onnxruntime's default, one per core); ``spin``: let them spin-wait between runs (see the module
-    docstring). ``run({name: array}) -> {name: array}``."""
+    """An ONNX file on onnxruntime's CPU provider, or with ``device`` "cuda"/"cuda:N" on its CUDA
+    provider (onnxruntime-gpu; the custom nodes' function bodies run there as standard ops), or on
+    ``providers``. ``threads``: intra-op threads (0: onnxruntime's default, one per core); ``spin``: let
+    them spin-wait between runs (see the module docstring). ``run({name: array}) -> {name: array}``
+    (host arrays in and out, also on the GPU)."""
 
     def __init__(
         self,
@@ -31,8 +55,13 @@ class OnnxRuntimeNetwork(HostNetwork):
         threads: int = 0,
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
         spin: bool = False,
+        device: str = "cpu",
     ):
         ort = require("onnxruntime", "running ONNX files on onnxruntime")
+        chosen: list = list(providers)
+        if device != "cpu":
+            device = "cuda:0" if device == "cuda" else device
+            chosen = [cuda_provider(device), "CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
@@ -40,18 +69,24 @@ class OnnxRuntimeNetwork(HostNetwork):
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=list(providers))
+            self.session = ort.InferenceSession(str(path), options, providers=chosen)
         except Exception as err:  # onnxruntime raises its own types (Fail, InvalidGraph, NoSuchFile...)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise StrgError(f"onnxruntime cannot load {path}: {first}") from None
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_names = tuple(o.name for o in self.session.get_outputs())
         provider = self.session.get_providers()[0]
-        device = (
-            "cpu"
-            if provider == "CPUExecutionProvider"
-            else provider.removesuffix("ExecutionProvider").lower()
-        )
+        if device != "cpu" and provider != "CUDAExecutionProvider":  # onnxruntime fell back to the CPU
+            raise StrgError(
+                f"onnxruntime could not start its CUDA provider on {device} for {path} "
+                "(no usable NVIDIA GPU, or CUDA/cuDNN libraries missing)"
+            )
+        if device == "cpu":
+            device = (
+                "cpu"
+                if provider == "CPUExecutionProvider"
+                else provider.removesuffix("ExecutionProvider").lower()
+            )
         self.info = BackendInfo(NAME, device, "fp32", ort.__version__)
 
     def _run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:

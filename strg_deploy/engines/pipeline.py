@@ -34,7 +34,8 @@ from strg_deploy.engines.base import Network
 from strg_deploy.errors import StrgError
 
 RUNTIMES = ("onnxruntime", "openvino")  # the runtimes of an ONNX export, in order of preference
-BACKENDS = ("auto", *RUNTIMES, "torch")
+GPU_RUNTIMES = ("onnxruntime-cuda", "tensorrt")  # NVIDIA GPU runtimes, chosen by name (never by auto)
+BACKENDS = ("auto", *RUNTIMES, *GPU_RUNTIMES, "torch")
 ACTIVATIONS = ("softmax", "sigmoid")
 
 
@@ -62,8 +63,12 @@ def available_runtimes() -> tuple[str, ...]:
     return tuple(r for r in RUNTIMES if importlib.util.find_spec(r) is not None)
 
 
-def load_network(runtime: str, path: str | Path, threads: int = 0) -> Network:
-    """One exported file on ``runtime`` (onnxruntime or openvino); ``threads`` 0 lets it choose."""
+def load_network(
+    runtime: str, path: str | Path, threads: int = 0, *, network: str | None = None, gpu: int = 0
+) -> Network:
+    """One exported file on ``runtime`` (onnxruntime, openvino or onnxruntime-cuda: an ONNX file;
+    tensorrt: an engine file of the contract's ``network``, default its file name); ``threads`` 0 lets
+    the CPU runtimes choose; ``gpu``: the CUDA device of the GPU runtimes."""
     if runtime == "onnxruntime":
         from strg_deploy.engines.onnxruntime import OnnxRuntimeNetwork
 
@@ -72,7 +77,15 @@ def load_network(runtime: str, path: str | Path, threads: int = 0) -> Network:
         from strg_deploy.engines.openvino import OpenVinoNetwork
 
         return OpenVinoNetwork(path, threads=threads)
-    raise StrgError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "onnxruntime-cuda":
+        from strg_deploy.engines.onnxruntime import OnnxRuntimeNetwork
+
+        return OnnxRuntimeNetwork(path, threads=threads, device=f"cuda:{gpu}")
+    if runtime == "tensorrt":
+        from strg_deploy.engines.tensorrt import load_tensorrt_network
+
+        return load_tensorrt_network(path, network or Path(path).stem, device=gpu)
+    raise StrgError(f"runtime must be one of {', '.join((*RUNTIMES, *GPU_RUNTIMES))}, got {runtime!r}")
 
 
 def activate(logits: np.ndarray, activation: str) -> np.ndarray:
@@ -95,8 +108,10 @@ def _backend_per_network(backend: str | Mapping[str, str]) -> dict[str, str]:
     if unknown or missing:
         raise StrgError(f"a backend per network needs exactly {', '.join(NETWORKS)}")
     for name in backend.values():
-        if name not in RUNTIMES:
-            raise StrgError(f"a network's backend must be one of {', '.join(RUNTIMES)}, got {name!r}")
+        if name not in (*RUNTIMES, *GPU_RUNTIMES):
+            raise StrgError(
+                f"a network's backend must be one of {', '.join((*RUNTIMES, *GPU_RUNTIMES))}, got {name!r}"
+            )
     return dict(backend)
 
 
@@ -134,7 +149,8 @@ class Pipeline:
         """The model in ``path`` on ``backend``: an export folder (manifest.json and the three ONNX
         files, their SHA-256 checked unless ``check_files`` is False) for onnxruntime, openvino, auto
         or a mapping per network; a checkpoint folder (model.safetensors, config.json) for torch.
-        ``threads``: intra-op threads of the CPU runtimes (0: their default); ``device``: torch's."""
+        ``threads``: intra-op threads of the CPU runtimes (0: their default); ``device``: torch's, and
+        for onnxruntime-cuda and tensorrt (engines: EXPORT/engines-fp16 or -fp32) the GPU (cuda:N)."""
         path = Path(path)
         if backend == "torch":
             if (path / MANIFEST_FILE).is_file():
@@ -166,8 +182,16 @@ class Pipeline:
             choice = choose_runtimes(path, manifest, threads)
             per_network = dict(choice.runtimes)
         files = {n: path / manifest["networks"][n]["file"] for n in NETWORKS}
+        if "tensorrt" in per_network.values():
+            from strg_deploy.engines.tensorrt import engine_path
+
+            files.update({n: engine_path(path, n) for n in NETWORKS if per_network[n] == "tensorrt"})
+        gpu = int(device.partition(":")[2] or 0) if device.startswith("cuda") else 0
         measured = choice.networks if choice is not None else {}  # auto's timing loaded them already
-        networks = {n: measured.get(n) or load_network(per_network[n], files[n], threads) for n in NETWORKS}
+        networks = {
+            n: measured.get(n) or load_network(per_network[n], files[n], threads, network=n, gpu=gpu)
+            for n in NETWORKS
+        }
         return cls(networks, cfg, activation, path, choice)
 
     @property

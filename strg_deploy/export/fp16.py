@@ -305,5 +305,3 @@ def _check(variant: ModelProto, source: Path) -> None:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
         first = str(err).strip().splitlines()[0]
         raise StrgError(f"fp16 variant of {source} fails onnx.checker: {first}") from None
-
-

@@ -5,8 +5,9 @@
     reader.stop(); reader.join(10)
 
 Each reader opens its source with :func:`strg_deploy.data.video.open_video` (RTSP over TCP, with an open
-timeout and a read timeout), asks ``geometry.plan(width, height)`` for the decode size and the crop of
-that source size, and calls ``on_frame(Frame)`` for every decoded frame. Readers are threads, so many
+timeout and a read timeout; with ``decode="cuda"`` its NVDEC variant from
+:mod:`strg_deploy.data.gpu_decode`), asks ``geometry.plan(width, height)`` for the decode size and the
+crop of that source size, and calls ``on_frame(Frame)`` for every decoded frame. Readers are threads, so many
 cameras open at the same time (PyAV releases the GIL while FFmpeg waits on the network).
 
 Files apply backpressure: ``on_frame`` may block, and the file waits. For live sources the caller's
@@ -34,7 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from strg_deploy.data.video import open_video
+from strg_deploy.data.gpu_decode import video_opener
 from strg_deploy.errors import StrgError
 from strg_deploy.stream.retry import RetryPolicy
 from strg_deploy.stream.sources import Redactor, _split_url
@@ -87,7 +88,8 @@ class StreamReader:
     geometry: ``plan(width, height)`` as in :class:`Geometry`. retry: when to try a live URL again.
     open_timeout / read_timeout: seconds for the open and for each read (a stream silent that long
     fails). on_event: called with each StreamEvent from the reader thread. threads: decoder threads.
-    rng: the jitter's random source (``uniform(a, b)``).
+    rng: the jitter's random source (``uniform(a, b)``). decode: "cpu", or "cuda" to decode with NVDEC
+    (:mod:`strg_deploy.data.gpu_decode`; resolve ``--decode auto`` first with ``resolve_decode``).
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class StreamReader:
         on_event: Callable[[StreamEvent], Any] | None = None,
         threads: int = 1,
         rng: random.Random | None = None,
+        decode: str = "cpu",
     ) -> None:
         self.spec = spec
         self.redactor = Redactor([spec.url])
@@ -111,6 +114,7 @@ class StreamReader:
         self._retry = retry
         self._timeout = (float(open_timeout), float(read_timeout))
         self._threads = threads
+        self._open_video = video_opener(decode)
         self._rng = rng or random.Random()
         self._network = _split_url(spec.url) is not None
         self._retries = spec.live and self._network
@@ -197,7 +201,7 @@ class StreamReader:
             self._state = "opening"
             began = time.monotonic()
             try:
-                video = open_video(self.spec.url, timeout=self._timeout, threads=self._threads)
+                video = self._open_video(self.spec.url, timeout=self._timeout, threads=self._threads)
             except StrgError as error:
                 message = str(error)
                 waited = time.monotonic() - began
