@@ -33,20 +33,14 @@ from strg_deploy.models.roi import frame_roi_align_max
 from strg_deploy.plugins import kernels, launch
 
 def run_roi(features, boxes, mask, scale, size, ratio):
-    params = launch.roi_launch_params(features.shape, boxes.shape)
     nodes = torch.full((*boxes.shape[:3], features.shape[1]), float("nan"))
-    kernels.frame_roi_align_max_kernel[params.grid](
-        features, boxes, mask.view(torch.int8), *launch.roi_extra_args(features.shape, boxes.shape), nodes,
-        num_warps=params.block // 32, **launch.roi_constexprs(scale, size, ratio))
+    kernels.run_frame_roi_align_max(features, boxes, mask.view(torch.int8), nodes, scale, size, ratio)
     return nodes
 
 def run_graph(boxes, mask):
-    params = launch.graph_launch_params(boxes.shape)
     shape = (boxes.shape[0], boxes.shape[1] - 1, boxes.shape[2], boxes.shape[2])
     forward, backward = torch.full(shape, float("nan")), torch.full(shape, float("nan"))
-    kernels.space_time_graph_kernel[params.grid](
-        boxes, mask.view(torch.int8), *launch.graph_extra_args(boxes.shape), forward, backward,
-        num_warps=params.block // 32, **launch.graph_constexprs())
+    kernels.run_space_time_graph(boxes, mask.view(torch.int8), forward, backward)
     return forward, backward
 
 def random_boxes(generator, shape, low, high, size):

@@ -44,6 +44,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from strg_deploy.plugins import launch
 from strg_deploy.plugins.launch import GRAPH_INT_ARGS, ROI_INT_ARGS
 
 TINY = tl.constexpr(1.1754943508222875e-38)  # float32 tiny: the clamp of IoU unions and row sums
@@ -208,3 +209,38 @@ def space_time_graph_kernel(
     _normalised_iou_rows(boxes, mask, first, first + 1, count, block, offs_r, BLOCK_R, BLOCK_C)
     block = backward + pair * count * count
     _normalised_iou_rows(boxes, mask, first + 1, first, count, block, offs_r, BLOCK_R, BLOCK_C)
+
+
+def run_frame_roi_align_max(features, boxes, mask_bytes, nodes, spatial_scale, output_size, sampling_ratio):
+    """Launch :func:`frame_roi_align_max_kernel` as :mod:`~strg_deploy.plugins.launch` says, on tensors
+    Triton takes (torch tensors on a GPU, or on the CPU under ``TRITON_INTERPRET=1``): features float32
+    [B, C, T', H', W'], boxes float32 [B, T', N, 4], mask_bytes int8 [B, T', N] (a bool mask viewed as
+    bytes, as TensorRT passes it) -> writes nodes float32 [B, T', N, C]."""
+    params = launch.roi_launch_params(features.shape, boxes.shape)
+    frame_roi_align_max_kernel[params.grid](
+        features,
+        boxes,
+        mask_bytes,
+        *launch.roi_extra_args(features.shape, boxes.shape),
+        nodes,
+        num_warps=params.block // 32,
+        **launch.roi_constexprs(spatial_scale, output_size, sampling_ratio),
+    )
+
+
+def run_space_time_graph(boxes, mask_bytes, forward, backward):
+    """Launch :func:`space_time_graph_kernel` as :mod:`~strg_deploy.plugins.launch` says (nothing when
+    T' == 1): boxes float32 [B, T', N, 4], mask_bytes int8 [B, T', N] -> writes forward and backward
+    float32 [B, T'-1, N, N]."""
+    params = launch.graph_launch_params(boxes.shape)
+    if params.grid[0] == 0:
+        return
+    space_time_graph_kernel[params.grid](
+        boxes,
+        mask_bytes,
+        *launch.graph_extra_args(boxes.shape),
+        forward,
+        backward,
+        num_warps=params.block // 32,
+        **launch.graph_constexprs(),
+    )

@@ -9,9 +9,10 @@ Decoding and window building run in the readers' threads, concurrently with infe
 thread. What is in flight is bounded by the queues (``queue_windows`` per file stream,
 ``live_queue_windows`` per live one) and one batch. The run ends when every stream has ended (files) or
 given up (cameras past ``--max-retries``), when ``max_windows`` results were made, after ``duration``
-seconds, or when :meth:`InferenceRunner.stop` is called (the CLI calls it on SIGINT and SIGTERM): readers are stopped and joined (an RTSP session sends its
-TEARDOWN as its container closes), windows still queued are counted as ``unprocessed``, and the sinks are
-closed, so every output file ends with a whole line.
+seconds, or when :meth:`InferenceRunner.stop` is called (the CLI calls it on SIGINT and SIGTERM):
+readers are stopped and joined (an RTSP session sends its TEARDOWN as its container closes), windows
+still queued are counted as ``unprocessed``, and the sinks are closed, so every output file ends with a
+whole line.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ class WindowBuilder:
         if self._sequence:
             self._prune(everything=bool(out))
         if len(self._held) > 1:  # the frame before the newest stays: convert it now, let its decode go
-            self._held[-2].image
+            _ = self._held[-2].image
         return out
 
     def flush(self) -> list[Window]:
@@ -174,7 +174,9 @@ class WindowBuilder:
         slack = 1e-9 * max(1.0, abs(high))
         low, high = low - slack, high + slack
         offsets, stride = self._offsets_list, self.stride
-        first = self._next if low == -math.inf else max(self._next, math.floor((low - self.window) / stride) - 1)
+        first = self._next
+        if low > -math.inf:
+            first = max(first, math.floor((low - self.window) / stride) - 1)
         for k in range(first, math.floor(high / stride) + 2):  # windows that may reach into [low, high]
             start = k * stride
             for i in range(bisect.bisect_left(offsets, low - start - slack), len(offsets)):
