@@ -58,6 +58,15 @@ RUNTIME_MODULES = [
     "strg_deploy.export.rpn_postprocess",
     "strg_deploy.export.lint",
     "strg_deploy.export.tensorrt_support",
+    "strg_deploy.export.tensorrt_graph",
+    "strg_deploy.export.engine",
+    "strg_deploy.export.fp16",
+    "strg_deploy.contract.engines",
+    "strg_deploy.engines.tensorrt",
+    "strg_deploy.engines.cuda_memory",
+    "strg_deploy.data.gpu_decode",
+    "strg_deploy.plugins.launch",
+    "strg_deploy.cli.engine",
 ]
 
 

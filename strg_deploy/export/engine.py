@@ -95,24 +95,13 @@ def tensorrt_problem() -> str | None:
 def find_gpu(device: int = 0) -> Gpu | str:
     """The CUDA device ``device`` (name and compute capability) through cuda-python, or a short reason
     why there is none (cuda-python missing, no driver, no device)."""
+    from strg_deploy.engines.cuda_memory import require_gpu
+
     try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # cuda-python before 12.8
-        except ImportError:
-            return "cuda-python is not installed"
-    err, count = cudart.cudaGetDeviceCount()
-    if int(err) != 0 or not count:
-        name = getattr(err, "name", str(err))
-        return "no NVIDIA GPU found" + (f" ({name})" if int(err) != 0 else "")
-    if device >= count:
-        return f"no CUDA device {device} (this machine has {count})"
-    err, props = cudart.cudaGetDeviceProperties(device)
-    if int(err) != 0:
-        return f"cannot read CUDA device {device} ({getattr(err, 'name', err)})"
-    name = props.name.split(b"\0", 1)[0].decode() if isinstance(props.name, bytes) else str(props.name)
-    return Gpu(name=name, compute_capability=f"{props.major}.{props.minor}")
+        info = require_gpu(device)
+    except StrgError as error:
+        return str(error)
+    return Gpu(name=info.name, compute_capability=info.compute_capability)
 
 
 def require_tensorrt(purpose: str = "strg engine build") -> tuple[Any, Gpu]:
