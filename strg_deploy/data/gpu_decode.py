@@ -6,7 +6,7 @@
         for frame in video.frames(size=(112, 112)):  # as VideoReader: RGB uint8 [112, 112, 3]
             ...
 
-:class:`CudaVideoReader` is :class:`~strg_deploy.data.video.VideoReader` with the container opened by
+:func:`open_video_cuda` gives a :class:`~strg_deploy.data.video.VideoReader` whose container is opened by
 ``av.open(..., hwaccel=HWAccel("cuda", device=N, allow_software_fallback=True))``: FFmpeg decodes with
 NVDEC (the ``nvdec`` hwaccel of FFmpeg's own decoders, not the ``*_cuvid`` ones), then downloads each frame to
 system memory (NV12), where FFmpeg's scaler converts and resizes it exactly as on the CPU path. What it
@@ -92,41 +92,6 @@ def resolve_decode(choice: str, device: int = 0, notice: Callable[[str], Any] | 
     return "cpu"
 
 
-class CudaVideoReader(VideoReader):
-    """A :class:`~strg_deploy.data.video.VideoReader` that decodes with NVDEC on GPU ``device``
-    (module docstring). Opened with :func:`open_video_cuda`."""
-
-    def __init__(
-        self,
-        source: str | os.PathLike[str],
-        stream: int | None = None,
-        *,
-        fps: float | None = None,
-        timeout: float | tuple[float, float] | None = None,
-        threads: int = 1,
-        device: int = 0,
-    ) -> None:
-        self._hwaccel = _hwaccel(device)
-        self.device = device
-        super().__init__(source, stream, fps=fps, timeout=timeout, threads=1)
-
-    def _open(self, container_format: str | None, options: dict[str, str], timeout) -> None:
-        try:
-            self._container = av.open(
-                self.path,
-                format=container_format,
-                options=options,
-                timeout=timeout,
-                metadata_errors="replace",
-                hwaccel=self._hwaccel,
-            )
-        except (av.error.FFmpegError, OSError) as error:
-            reason = " ".join(str(getattr(error, "strerror", None) or error or type(error).__name__).split())
-            raise StrgError(
-                f"cannot open video {self.path} for decoding on cuda:{self.device}: {reason}"
-            ) from None
-
-
 def open_video_cuda(
     source: str | os.PathLike[str],
     stream: int | None = None,
@@ -136,8 +101,9 @@ def open_video_cuda(
     threads: int = 1,
     device: int = 0,
 ) -> VideoReader:
-    """:func:`~strg_deploy.data.video.open_video` decoding with NVDEC on GPU ``device``."""
-    return CudaVideoReader(source, stream, fps=fps, timeout=timeout, threads=threads, device=device)
+    """:func:`~strg_deploy.data.video.open_video` decoding with NVDEC on GPU ``device`` (one decoder
+    thread: NVDEC does the work)."""
+    return open_video(source, stream, fps=fps, timeout=timeout, threads=1, hwaccel=_hwaccel(device))
 
 
 def video_opener(decode: str) -> Callable[..., VideoReader]:

@@ -43,7 +43,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import av
 import av.error
@@ -141,6 +141,7 @@ def open_video(
     fps: float | None = None,
     timeout: float | tuple[float, float] | None = None,
     threads: int = 0,
+    hwaccel: Any = None,
 ) -> VideoReader:
     """Open a video for decoding.
 
@@ -153,10 +154,12 @@ def open_video(
         read seconds); None waits forever. A read that times out raises StrgError.
     threads: decoder threads; 0 lets FFmpeg choose (frame and slice threading), 1 decodes on the calling
         thread only (lowest latency, and the choice for loader worker processes on a small machine).
+    hwaccel: PyAV's ``av.codec.hwaccel.HWAccel`` to decode on a GPU (see ``strg_deploy.data.gpu_decode``);
+        frames come back in system memory as usual.
 
     Raises StrgError when the source cannot be opened, has no video stream, or lacks the stream asked for.
     """
-    return VideoReader(source, stream, fps=fps, timeout=timeout, threads=threads)
+    return VideoReader(source, stream, fps=fps, timeout=timeout, threads=threads, hwaccel=hwaccel)
 
 
 def is_frame_pattern(source: str | os.PathLike[str]) -> bool:
@@ -238,8 +241,10 @@ class VideoReader:
         fps: float | None = None,
         timeout: float | tuple[float, float] | None = None,
         threads: int = 0,
+        hwaccel: Any = None,
     ) -> None:
         self.path = os.fspath(source)
+        self.hwaccel = hwaccel
         self._container = None
         options: dict[str, str] = {}
         container_format = None
@@ -315,9 +320,11 @@ class VideoReader:
                 options=options,
                 timeout=timeout,
                 metadata_errors="replace",  # tags that are not UTF-8 (a damaged or Latin-1 header) open too
+                **({} if self.hwaccel is None else {"hwaccel": self.hwaccel}),
             )
         except (av.error.FFmpegError, OSError) as error:
-            raise StrgError(f"cannot open video {self.path}: {_reason(error)}") from None
+            where = "" if self.hwaccel is None else f" for decoding on GPU {self.hwaccel.device_id}"
+            raise StrgError(f"cannot open video {self.path}{where}: {_reason(error)}") from None
 
     def _coded_size_known(self) -> bool:
         videos = self._container.streams.video

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from strg_deploy.contract.engines import TENSORRT_INSTALL as TENSORRT_WHEELS
 from strg_deploy.engines.base import BackendInfo, BatchLimits
 from strg_deploy.engines.cuda_memory import (
     DeviceArray,
@@ -53,11 +54,7 @@ from strg_deploy.engines.cuda_memory import (
 from strg_deploy.errors import StrgError
 
 NAME = "tensorrt"
-# NVIDIA's instruction for the tensorrt wheels (pip install tensorrt --extra-index-url https://pypi.nvidia.com)
-TENSORRT_INSTALL = (
-    "pip install 'strg-deploy[gpu]' --extra-index-url https://pypi.nvidia.com "
-    "on a machine with an NVIDIA GPU and its driver"
-)
+TENSORRT_INSTALL = f"{TENSORRT_WHEELS} on a machine with an NVIDIA GPU and its driver"
 ENGINE_SUFFIX = ".engine"
 # where `strg engine build` puts <network>.engine inside an export folder, in the order they are looked for
 ENGINE_FOLDERS = ("engines-fp16", "engines-fp32")

@@ -36,7 +36,9 @@ from typing import Any
 
 from strg_deploy.config import ModelConfig
 from strg_deploy.contract.engines import (
+    MIN_TENSORRT,
     PRECISIONS,
+    TENSORRT_INSTALL,
     Gpu,
     Sidecar,
     check_engine,
@@ -54,12 +56,7 @@ from strg_deploy.contract.nodes import DOMAIN
 from strg_deploy.errors import StrgError
 from strg_deploy.fileio import atomic_path, writable_folder
 
-MIN_TENSORRT = (10, 9)
-"""``tensorrt.plugin.aot_impl`` (ahead-of-time plugin kernels) arrived in TensorRT 10.9."""
-
-INSTALL = "pip install 'strg-deploy[gpu]' --extra-index-url https://pypi.nvidia.com"
-"""NVIDIA's instruction for the ``tensorrt`` wheels (https://pypi.org/project/tensorrt: "pip install
-tensorrt --extra-index-url https://pypi.nvidia.com"), applied to this package's ``gpu`` extra."""
+INSTALL = TENSORRT_INSTALL
 
 TIMING_CACHE = "timing.cache"
 DEFAULT_OPT_BATCH = 4

@@ -7,3 +7,14 @@
 
 Importing this package imports neither torch, triton nor tensorrt.
 """
+
+
+def load_registration():
+    """Import :mod:`strg_deploy.plugins.registration`, which registers the ``strg::FrameRoIAlignMax`` and
+    ``strg::SpaceTimeGraph`` plugins with ``tensorrt.plugin`` (once per process), and return it. Without
+    TensorRT >= 10.9 this raises one StrgError line naming the version and how to install it."""
+    import importlib
+
+    module = importlib.import_module("strg_deploy.plugins.registration")
+    module.register_plugins()
+    return module
