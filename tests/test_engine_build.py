@@ -324,7 +324,26 @@ def test_engine_build_without_tensorrt_is_one_line(tiny_export, tmp_path):
     assert lines[0].endswith("pip install 'strg-deploy[gpu]' --extra-index-url https://pypi.nvidia.com")
     assert not (tmp_path / "e").exists()
     with pytest.raises(StrgError, match="needs TensorRT >= 10.9"):
-        builder.build_engines(folder)  # before anything else: the folder is not even read
+        builder.build_engines(folder)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{missing}"], "no manifest.json in"),
+        (["{export}", "--precision", "fp8"], "precision"),
+        (["{export}", "--max-batch", "2", "--opt-batch", "4"], "opt"),
+        (["{export}", "--out", "{file}"], "is not a folder"),
+    ],
+)
+def test_engine_build_names_the_users_mistake_before_the_machines(tiny_export, tmp_path, args, message):
+    _, folder = tiny_export
+    (tmp_path / "file").write_text("x")
+    paths = {"missing": tmp_path / "nothing", "export": folder, "file": tmp_path / "file"}
+    result = runner.invoke(app, ["engine", "build", *(a.format(**paths) for a in args)])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "TensorRT" not in lines[0], result.output
 
 
 @pytest.mark.skipif(not TRT_MISSING, reason="TensorRT and a GPU are present")

@@ -399,18 +399,19 @@ def build_engines(
 ) -> list[EngineResult]:
     """Build (or keep) the three engines of the export in ``export_dir``; see the module docstring.
     ``out_dir`` defaults to ``EXPORT/engines-<precision>``, ``timing_cache`` to ``timing.cache`` in it.
-    ``on_network(name)`` is called before each build."""
-    trt, gpu = require_tensorrt()
-    _load_plugins()
+    ``on_network(name)`` is called before each build. The user's part (the export, the options, the
+    output folder) is checked first, then this machine (TensorRT, a GPU), then the plugins."""
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
+    plan = plan_build(export_dir, manifest, out_dir, precision, max_batch, opt_batch, timing_cache)
+    writable_folder(plan.out_dir)
+    trt, gpu = require_tensorrt()
+    _load_plugins()
     changed = verify_files(export_dir, manifest)
     if changed:
         raise StrgError(
             f"{export_dir}: {', '.join(changed)} differ from the manifest's SHA-256 (export again)"
         )
-    plan = plan_build(export_dir, manifest, out_dir, precision, max_batch, opt_batch, timing_cache)
-    writable_folder(plan.out_dir)
     kept = [] if rebuild else existing_engines(plan, manifest, trt.__version__, gpu)
     results = []
     for network in NETWORKS:
