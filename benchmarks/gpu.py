@@ -220,6 +220,25 @@ def _driver():
     return driver, check
 
 
+def kernel_params(pointers_in, ints, pointers_out, hidden: int) -> tuple[tuple, tuple]:
+    """``cuLaunchKernel``'s ``kernelParams`` as cuda-bindings packs them: ((values), (ctypes types)) in
+    the order TensorRT passes an AOT plugin's arguments: input pointers, int32 scalars, output pointers,
+    then ``hidden`` null scratch pointers. Values are plain ints: cuda-bindings reads a ``c_void_p``
+    value through ``.value``, which is None for a null pointer ("an integer is required")."""
+    inputs, scalars, outputs = (
+        [int(p) for p in pointers_in],
+        [int(v) for v in ints],
+        [int(p) for p in pointers_out],
+    )
+    values = (*inputs, *scalars, *outputs, *[0] * hidden)
+    types = (
+        *[ctypes.c_void_p] * len(inputs),
+        *[ctypes.c_int32] * len(scalars),
+        *[ctypes.c_void_p] * (len(outputs) + hidden),
+    )
+    return values, types
+
+
 def launch_ptx(compiled, params, pointers_in, ints, pointers_out) -> None:
     """Load ``compiled.ptx`` with the driver API and launch it as TensorRT's AOT plugins do: the
     parameters in order (inputs, int32 scalars, outputs) and the hidden scratch pointers null."""
@@ -231,18 +250,26 @@ def launch_ptx(compiled, params, pointers_in, ints, pointers_out) -> None:
     function = check(driver.cuModuleGetFunction(module, compiled.name.encode()), "cuModuleGetFunction")
     if params.shared_mem > 48 * 1024:
         attribute = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-        check(driver.cuFuncSetAttribute(function, attribute, params.shared_mem), "cuFuncSetAttribute")
+        check(
+            driver.cuFuncSetAttribute(function, attrib=attribute, value=params.shared_mem),
+            "cuFuncSetAttribute",
+        )
     hidden = len(compiled.params) - len(pointers_in) - len(ints) - len(pointers_out)
-    values = (
-        *(ctypes.c_void_p(p) for p in pointers_in),
-        *(ctypes.c_int32(int(v)) for v in ints),
-        *(ctypes.c_void_p(p) for p in pointers_out),
-        *(ctypes.c_void_p(0) for _ in range(hidden)),
-    )
-    types = tuple(type(v) for v in values)
     grid = params.grid
     check(
-        driver.cuLaunchKernel(function, *grid, params.block, 1, 1, params.shared_mem, 0, (values, types), 0),
+        driver.cuLaunchKernel(
+            function,
+            gridDimX=grid[0],
+            gridDimY=grid[1],
+            gridDimZ=grid[2],
+            blockDimX=params.block,
+            blockDimY=1,
+            blockDimZ=1,
+            sharedMemBytes=params.shared_mem,
+            hStream=0,
+            kernelParams=kernel_params(pointers_in, ints, pointers_out, hidden),
+            extra=0,
+        ),
         "cuLaunchKernel",
     )
     check(driver.cuCtxSynchronize(), "cuCtxSynchronize")

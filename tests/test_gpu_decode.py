@@ -60,6 +60,23 @@ def test_cpu_needs_no_probe_and_other_choices_are_refused():
         video_opener("auto")  # resolved first
 
 
+def test_the_nvdec_settings_are_pyavs_hwaccel():
+    """What av.open(..., hwaccel=) gets: PyAV's HWAccel for CUDA device N (device_id N), software
+    fallback on, frames downloaded to system memory (not is_hw_owned); where this FFmpeg has CUDA, its
+    own h264 decoder offers the CUDA hardware config (NVDEC) that PyAV picks."""
+    from av.codec import Codec
+    from av.codec.hwaccel import HWAccel, HWDeviceType, hwdevices_available
+
+    from strg_deploy.data.gpu_decode import _hwaccel
+
+    accel = _hwaccel(1)
+    assert isinstance(accel, HWAccel) and accel.device_id == 1
+    assert accel.allow_software_fallback is True and accel.is_hw_owned is False
+    assert _hwaccel(0, fallback=False).allow_software_fallback is False
+    if "cuda" in hwdevices_available():
+        assert HWDeviceType.cuda in [config.device_type for config in Codec("h264", "r").hardware_configs]
+
+
 @no_nvdec_here
 def test_opening_a_file_for_nvdec_without_a_gpu_is_one_line(clip):
     with pytest.raises(StrgError) as caught:

@@ -124,3 +124,33 @@ def test_a_camera_queue_holds_its_newest_window_and_a_file_queue_four():
     for k in range(3):
         queues["cam"].put(window("cam", k))
     assert queues["cam"].dropped == 2 and [w.sequence for w in runner.batcher.next_batch()] == [2]
+
+
+def test_warm_up_runs_each_batch_size_live_streams_can_make_until_a_window_waits():
+    from types import SimpleNamespace
+
+    from strg_deploy.stream.runner import InferenceRunner, RunSettings
+    from strg_deploy.stream.types import SourceSpec
+
+    seen = []
+    cfg = SimpleNamespace(frames=2, size=4)
+    pipeline = SimpleNamespace(
+        cfg=cfg,
+        max_clips=lambda: None,
+        preferred_clips=lambda: None,
+        run=lambda clips: seen.append(len(clips)),
+    )
+
+    def runner(live: int, files: int, batch: int = 8):
+        specs = [SourceSpec(f"cam{k}", "rtsp://h/x", "rtsp://h/x", True) for k in range(live)]
+        specs += [SourceSpec(f"file{k}", "a.mp4", "a.mp4", False) for k in range(files)]
+        return InferenceRunner(
+            pipeline, specs, RunSettings(batch=batch), lambda *a: None, lambda s: None, print
+        )
+
+    assert runner(3, 1).warm_up() == [1, 2, 3] and seen == [1, 2, 3]
+    assert runner(12, 0, batch=4).warm_up() == [1, 2, 3, 4]
+    assert runner(0, 8).warm_up() == [1]  # files: no latency to protect
+    waiting = runner(5, 0)
+    waiting.batcher.queues["cam0"].put(window("cam0", 0))
+    assert waiting.warm_up() == [1]  # a window waits: it goes first

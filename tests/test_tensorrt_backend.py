@@ -6,10 +6,15 @@ themselves need TensorRT and an NVIDIA GPU (or onnxruntime-gpu) and skip without
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import inspect
 import json
+import re
 import subprocess
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,6 +234,186 @@ def test_without_a_gpu_the_real_cuda_calls_say_so_in_one_line():
             call()
         message = str(caught.value)
         assert message.startswith("no CUDA GPU: ") and "NVIDIA GPU" in message and "\n" not in message
+
+
+# ---------------------------------------------------------------- cuda-python names and arguments
+
+ROOT = Path(__file__).resolve().parent.parent
+CUDA_USERS = [
+    ROOT / "strg_deploy" / "engines" / "cuda_memory.py",
+    ROOT / "strg_deploy" / "engines" / "tensorrt.py",
+    ROOT / "strg_deploy" / "export" / "engine.py",
+    ROOT / "strg_deploy" / "plugins" / "registration.py",
+    ROOT / "benchmarks" / "gpu.py",
+]
+CUDA_NAME = re.compile(r"(cuda[A-Z]\w*|cu[A-Z]\w*|CU[a-z]\w*|CU_[A-Z0-9_]+)")
+
+
+def _cuda_modules():
+    from cuda.bindings import driver, runtime
+
+    return runtime, driver
+
+
+def _cuda_names(tree: ast.AST) -> set[str]:
+    """cuda-python names in code: attributes (runtime.cudaMemcpyAsync, driver.CUfunction_attribute) and
+    whole-string constants naming one (COPY_KINDS, NO_GPU_ERRORS); docstrings never match whole."""
+    names = set()
+    for node in ast.walk(tree):
+        text = node.attr if isinstance(node, ast.Attribute) else getattr(node, "value", None)
+        if (
+            isinstance(node, ast.Attribute | ast.Constant)
+            and isinstance(text, str)
+            and CUDA_NAME.fullmatch(text)
+        ):
+            names.add(text)
+    return names
+
+
+def test_every_cuda_python_name_the_gpu_code_uses_exists_in_cuda_bindings():
+    """Functions, types and enum values of cuda.bindings.runtime / driver used by the runtime, the builder,
+    the plugin registration and benchmarks/gpu.py, looked up in the installed cuda-bindings."""
+    known = set()
+    for module in _cuda_modules():
+        for name in dir(module):
+            known.add(name)
+            members = getattr(getattr(module, name), "__members__", None)
+            if isinstance(members, Mapping):
+                known.update(members)  # enum values: cudaMemcpyHostToDevice, CU_FUNC_ATTRIBUTE_...
+    used = set().union(*(_cuda_names(ast.parse(path.read_text(encoding="utf-8"))) for path in CUDA_USERS))
+    assert {
+        "cudaMemcpyAsync",
+        "cudaMemsetAsync",
+        "cudaMemcpy",
+        "cudaMemcpyDeviceToHost",
+        "cudaErrorNoDevice",
+        "cudaDevAttrComputeCapabilityMajor",
+        "cuLaunchKernel",
+        "cuFuncSetAttribute",
+        "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES",
+    } <= used
+    assert sorted(used - known) == []
+
+
+def test_every_cuda_call_binds_to_the_installed_signature():
+    """Each call of a cuda-python function in the GPU code takes as many arguments as the installed
+    function and names only its parameters (the order-sensitive ones are called with keywords)."""
+    modules = _cuda_modules()
+    calls = 0
+    for path in CUDA_USERS:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            name = node.func.attr
+            function = next((getattr(m, name) for m in modules if hasattr(m, name)), None)
+            if not CUDA_NAME.fullmatch(name) or function is None or inspect.isclass(function):
+                continue
+            where = f"{path.name}:{node.lineno} {name}"
+            assert not any(isinstance(a, ast.Starred) for a in node.args), f"{where}: spell the arguments out"
+            signature = inspect.signature(function)
+            try:
+                signature.bind(*node.args, **{k.arg: k.value for k in node.keywords})
+            except TypeError as error:
+                pytest.fail(f"{where}{signature}: {error}")
+            calls += 1
+    assert calls >= 20
+
+
+class _Recording:
+    """cuda.bindings.runtime as it is, noting each function call's arguments bound to the installed
+    signature (name -> value) before making the real call."""
+
+    def __init__(self, module):
+        self.module, self.calls = module, []
+
+    def __getattr__(self, name):
+        value = getattr(self.module, name)
+        if inspect.isclass(value) or not callable(value):
+            return value
+
+        def call(*args, **kwargs):
+            bound = inspect.signature(value).bind(*args, **kwargs)
+            self.calls.append((name, dict(bound.arguments)))
+            return value(*args, **kwargs)
+
+        return call
+
+
+def test_copies_pass_dst_src_count_kind_and_stream_in_the_installed_order(monkeypatch):
+    from types import SimpleNamespace
+
+    from strg_deploy.engines import cuda_memory
+
+    runtime = cudart()
+    recording = _Recording(runtime)
+    monkeypatch.setattr(cuda_memory, "cudart", lambda: recording)
+    stream = SimpleNamespace(raw=runtime.cudaStream_t(0x5000))
+    for call in (
+        lambda: cuda_memory.copy_async(0x1000, 0x2000, 64, "host_to_device", stream),
+        lambda: cuda_memory.copy_async(0x3000, 0x1000, 32, "device_to_host", stream),
+        lambda: cuda_memory.zero_async(0x1040, 16, stream),
+    ):
+        try:
+            call()
+        except StrgError:
+            assert not HAS_GPU  # the real call answered: no GPU here
+    copies = [
+        arguments for name, arguments in recording.calls if name in ("cudaMemcpyAsync", "cudaMemsetAsync")
+    ]
+    kind = runtime.cudaMemcpyKind
+    assert copies == [
+        {
+            "dst": 0x1000,
+            "src": 0x2000,
+            "count": 64,
+            "kind": kind.cudaMemcpyHostToDevice,
+            "stream": stream.raw,
+        },
+        {
+            "dst": 0x3000,
+            "src": 0x1000,
+            "count": 32,
+            "kind": kind.cudaMemcpyDeviceToHost,
+            "stream": stream.raw,
+        },
+        {"devPtr": 0x1040, "value": 0, "count": 16, "stream": stream.raw},
+    ]
+
+
+def test_a_stream_handle_is_the_cuda_stream_address():
+    from strg_deploy.engines.cuda_memory import Stream
+
+    stream = Stream.__new__(Stream)  # no cudaStreamCreate: this machine may have no GPU
+    stream.raw = cudart().cudaStream_t(0x7F00)
+    assert stream.handle == 0x7F00
+    stream.raw = None  # nothing to destroy
+
+
+def test_ptx_launch_parameters_are_packed_by_cuda_bindings(load_benchmark):
+    """benchmarks/gpu.py's kernelParams for cuLaunchKernel: inputs, int32 scalars, outputs, null scratch
+    pointers; the installed cuda-bindings packs them (a null given as ctypes.c_void_p(0) it refuses)."""
+    import ctypes
+
+    from cuda.bindings import driver
+
+    gpu = load_benchmark("gpu")
+    values, types = gpu.kernel_params([0x1000, 0x2000], [7, 3], [0x3000], hidden=2)
+    assert values == (0x1000, 0x2000, 7, 3, 0x3000, 0, 0)
+    assert types == (ctypes.c_void_p,) * 2 + (ctypes.c_int32,) * 2 + (ctypes.c_void_p,) * 3
+
+    def launch(params):
+        return driver.cuLaunchKernel(driver.CUfunction(), 1, 1, 1, 32, 1, 1, 0, 0, params, 0)
+
+    with pytest.raises(TypeError, match="an integer is required"):
+        launch(((ctypes.c_void_p(0),), (ctypes.c_void_p,)))
+    try:  # packed: the call reaches the driver (no driver here: it says so; with one: an error code)
+        result = launch((values, types))
+    except TypeError:
+        raise
+    except Exception as error:  # noqa: BLE001 - cuda.pathfinder's "driver library not found"
+        assert not HAS_GPU, error
+    else:
+        assert int(result[0]) != 0  # a null function handle
 
 
 # ---------------------------------------------------------------- engine files

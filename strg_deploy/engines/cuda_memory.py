@@ -129,7 +129,13 @@ class Stream:
 
     @property
     def handle(self) -> int:
-        return int(self.raw)
+        """The ``cudaStream_t`` address: ``get_cuda_native_handle`` (cuda-bindings >= 12.9.1 deprecates
+        ``int()`` of its objects), ``int()`` on older ones."""
+        try:
+            from cuda.bindings.utils import get_cuda_native_handle
+        except ImportError:
+            return int(self.raw)
+        return int(get_cuda_native_handle(self.raw))
 
     def synchronize(self) -> None:
         check(cudart().cudaStreamSynchronize(self.raw), "cudaStreamSynchronize")

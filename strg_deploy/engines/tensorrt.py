@@ -192,6 +192,16 @@ def shared_stream(device: int) -> Stream:
     return _STREAMS[device]
 
 
+def _numpy_dtype(trt: Any, dtype: Any, engine_path: Path, name: str) -> np.dtype:
+    """numpy's dtype for a ``trt.DataType`` (``trt.nptype``, which raises TypeError for bf16 and fp8)."""
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except TypeError:
+        raise StrgError(
+            f"{engine_path}: tensor {name} is {getattr(dtype, 'name', dtype)}, which numpy has no type for"
+        ) from None
+
+
 @dataclasses.dataclass
 class _Tensor:
     """One I/O tensor: name, numpy dtype, largest shape, its device buffer and pinned host buffer."""
@@ -248,7 +258,7 @@ class TensorRTNetwork:
             shape = tuple(int(d) for d in self._context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
                 raise StrgError(f"{engine_path}: TensorRT cannot size {name} at the largest batch ({shape})")
-            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            dtype = _numpy_dtype(trt, engine.get_tensor_dtype(name), engine_path, name)
             nbytes = math.prod(shape) * dtype.itemsize
             self._tensors[name] = _Tensor(name, dtype, shape, DeviceBuffer(nbytes), PinnedBuffer(nbytes))
         self._staging_busy = False  # host->device copies from the pinned buffers may still be queued
@@ -258,6 +268,10 @@ class TensorRTNetwork:
     def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:
         if not self._context.set_input_shape(name, tuple(int(d) for d in shape)):
             raise StrgError(f"TensorRT refuses the shape {list(shape)} for {name}")
+
+    def _set_address(self, name: str, address: int) -> None:
+        if not self._context.set_tensor_address(name, address):  # False: TensorRT logged why
+            raise StrgError(f"TensorRT refuses the GPU address 0x{address:x} for {name} (see its log above)")
 
     def _check_input(self, name: str, value: Any) -> Any:
         tensor = self._tensors[name]
@@ -315,11 +329,11 @@ class TensorRTNetwork:
             if total > used:
                 zero_async(tensor.device.ptr + used, total - used, stream)
             self._set_shape(name, (chunk.size, *tensor.shape[1:]))
-            context.set_tensor_address(name, address)
+            self._set_address(name, address)
         outputs = {}
         for name in self.output_names:
             tensor = self._tensors[name]
-            context.set_tensor_address(name, tensor.device.ptr)
+            self._set_address(name, tensor.device.ptr)
             shape = tuple(int(d) for d in context.get_tensor_shape(name))
             outputs[name] = DeviceArray(
                 tensor.device.ptr,
@@ -348,7 +362,8 @@ class TensorRTNetwork:
             runtime = cudart()
             self._stream.synchronize()
             kind = runtime.cudaMemcpyKind.cudaMemcpyDeviceToHost
-            check(runtime.cudaMemcpy(out.ctypes.data, value.ptr, value.nbytes, kind), "cudaMemcpy")
+            copied = runtime.cudaMemcpy(dst=out.ctypes.data, src=value.ptr, count=value.nbytes, kind=kind)
+            check(copied, "cudaMemcpy")
             return out
         buffer, offset = staging
         copy_async(buffer.ptr + offset, value.ptr, value.nbytes, "device_to_host", self._stream)

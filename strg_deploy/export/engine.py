@@ -291,8 +291,9 @@ def _layers(trt: Any, network: Any) -> list[LayerInfo]:
     return infos
 
 
-def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> Any:
-    """The network parsed from ``onnx_path`` (one StrgError line with the parser's first error)."""
+def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
+    """(network, parser): the network parsed from ``onnx_path`` (one StrgError line with the parser's
+    first error), created with ``PREFER_AOT_PYTHON_PLUGINS`` where this TensorRT has the flag."""
     flags = 0
     if hasattr(trt.NetworkDefinitionCreationFlag, "PREFER_AOT_PYTHON_PLUGINS"):
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS)

@@ -192,12 +192,22 @@ class InferenceRunner:
             self.summary.seconds = time.monotonic() - started
         return self.summary
 
-    def warm_up(self) -> None:
-        """One run of the pipeline on a blank clip while the readers open their sources (a window needs
-        seconds of frames first): the runtimes' first-run costs (allocations, kernel selection) are not
-        paid by the first window of a live stream."""
+    def warm_up(self) -> list[int]:
+        """Runs of the pipeline on blank clips while the readers open their sources (a window needs
+        seconds of frames first), so that the runtimes' first-run costs (allocations, kernel selection,
+        and for a runtime that prepares each new input shape, that shape) are not paid by the first
+        windows of live streams: batches of 1 clip, then, when a stream is live, of 2, 3, ... up to the
+        batches this run can make (``max_batch``, at most one window per live stream), stopping as soon
+        as a window waits. Returns the batch sizes run."""
         cfg = self.pipeline.cfg
-        self.pipeline.run(np.zeros((1, 3, cfg.frames, cfg.size, cfg.size), np.uint8))
+        live = sum(queue.live for queue in self.batcher.queues.values())
+        sizes = []
+        for size in range(1, max(1, min(self.batcher.max_batch, live)) + 1):
+            if sizes and (self.batcher.pending() or self.stop_event.is_set()):
+                break
+            self.pipeline.run(np.zeros((size, 3, cfg.frames, cfg.size, cfg.size), np.uint8))
+            sizes.append(size)
+        return sizes
 
     def _run_batch(self, batch: list[Window]) -> None:
         started = time.monotonic()
