@@ -59,7 +59,7 @@ def test_batches_take_one_window_per_stream_per_round():
 
 def test_a_batch_closes_at_its_deadline_or_when_full():
     batcher = Batcher(max_batch=4, max_wait=0.2)
-    queue = batcher.queue("s", capacity=10, live=True)
+    queue = batcher.queue("s", capacity=10, live=False)  # a file: more may come within the wait
     queue.put(window("s", 0))
     start = time.monotonic()
     assert len(batcher.next_batch()) == 1
@@ -74,7 +74,7 @@ def test_a_batch_closes_at_its_deadline_or_when_full():
 
 def test_a_window_arriving_within_the_deadline_joins_the_batch():
     batcher = Batcher(max_batch=2, max_wait=1.0)
-    queue = batcher.queue("s", capacity=10, live=True)
+    queue = batcher.queue("s", capacity=10, live=False)  # a file: more may come within the wait
     queue.put(window("s", 0))
     threading.Timer(0.1, lambda: queue.put(window("s", 1))).start()
     start = time.monotonic()
@@ -97,7 +97,7 @@ def test_stop_and_closed_queues_end_next_batch():
 
 def test_a_preferred_size_closes_a_batch_early_and_waiting_windows_still_join():
     batcher = Batcher(max_batch=4, max_wait=5.0, preferred=2)
-    queue = batcher.queue("s", capacity=10, live=True)
+    queue = batcher.queue("s", capacity=10, live=False)  # a file: more may come within the wait
     queue.put(window("s", 0))
     threading.Timer(0.1, lambda: queue.put(window("s", 1))).start()
     start = time.monotonic()
@@ -154,3 +154,24 @@ def test_warm_up_runs_each_batch_size_live_streams_can_make_until_a_window_waits
     waiting = runner(5, 0)
     waiting.batcher.queues["cam0"].put(window("cam0", 0))
     assert waiting.warm_up() == [1]  # a window waits: it goes first
+
+
+def test_a_batch_holding_a_window_of_every_camera_closes_at_once():
+    batcher = Batcher(max_batch=8, max_wait=5.0)
+    cams = [batcher.queue(f"cam{k}", capacity=1, live=True) for k in range(3)]
+    for k, queue in enumerate(cams):
+        queue.put(window(f"cam{k}", 0))
+    start = time.monotonic()
+    assert len(batcher.next_batch()) == 3  # no camera can add one within the wait: no waiting
+    assert time.monotonic() - start < 2.0
+    cams[2].close()  # a camera that ended no longer counts
+    cams[0].put(window("cam0", 1))
+    threading.Timer(0.1, lambda: cams[1].put(window("cam1", 1))).start()
+    start = time.monotonic()
+    assert [w.stream for w in batcher.next_batch()] == ["cam0", "cam1"]
+    assert time.monotonic() - start < 2.0
+    mixed = Batcher(max_batch=8, max_wait=0.3)
+    mixed.queue("cam", capacity=1, live=True).put(window("cam", 0))
+    mixed.queue("file", capacity=4, live=False)  # a file may still add a window: the deadline holds
+    start = time.monotonic()
+    assert len(mixed.next_batch()) == 1 and time.monotonic() - start >= 0.25

@@ -11,8 +11,10 @@ Each stream has a :class:`StreamQueue` of windows waiting for the model:
 starting after the stream served first last time), so a busy stream cannot starve the others. A batch
 closes when full or when ``max_wait`` seconds have passed since its first window was taken. With a
 ``preferred`` size (a backend's tuned batch, such as a TensorRT engine's optimisation profile), a batch
-closes as soon as it holds that many, and windows already waiting still join it up to ``max_batch``. What
-is in flight is bounded: the queues' capacities plus one batch.
+closes as soon as it holds that many, and windows already waiting still join it up to ``max_batch``. A
+batch also closes at once when every stream is live and each open one has a window in it: no camera can
+add another within the wait (its next window is a stride away), so waiting would only add lag. What is in
+flight is bounded: the queues' capacities plus one batch.
 """
 
 from __future__ import annotations
@@ -132,6 +134,14 @@ class Batcher:
         self._next = (self._next + 1) % len(names)
         return taken
 
+    def _every_camera_in(self, batch: list[Window]) -> bool:
+        """Whether every open queue is a live stream's and each has a window in ``batch``."""
+        open_queues = [q for q in self._queues.values() if not q.closed]
+        if not open_queues or not all(q.live for q in open_queues):
+            return False
+        streams = {w.stream for w in batch}
+        return all(q.stream in streams for q in open_queues)
+
     def next_batch(self, stop: threading.Event | None = None, poll: float = 0.05) -> list[Window]:
         """The next batch: waits for a first window, then for more until the batch holds ``preferred``
         windows (``max_batch`` unless given) or ``max_wait`` has passed since the first, taking what is
@@ -156,7 +166,7 @@ class Batcher:
                     batch.extend(more)
                     self._ready.notify_all()
                     continue
-                if len(batch) >= self.preferred:
+                if len(batch) >= self.preferred or self._every_camera_in(batch):
                     break
                 left = deadline - self._clock()
                 if left <= 0 or self.finished():
