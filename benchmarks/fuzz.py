@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import copy
 import csv
+import hashlib
 import io
 import json
 import os
@@ -748,6 +749,40 @@ def check_manifest(ctx: Context, value: tuple) -> None:
 # ----------------------------------------------------------------------------------------------------
 # The export's reference sample (reference.npz, read by strg verify)
 
+SIDECAR_VALID = {
+    "schema": "strg-deploy-engine",
+    "schema_version": 1,
+    "network": "head",
+    "engine_file": "head.engine",
+    "engine_sha256": "0" * 64,
+    "tensorrt_version": "10.13.0.35",
+    "gpu": {"name": "NVIDIA H200", "compute_capability": "9.0"},
+    "precision": "fp16",
+    "profile": {"features": {"min": [1, 32, 4, 2, 2], "opt": [4, 32, 4, 2, 2], "max": [8, 32, 4, 2, 2]}},
+    "model_config_sha256": hashlib.sha256(b"{}").hexdigest(),  # contract.engines.config_sha256({})
+    "export_files": {"head.onnx": "2" * 64},
+}
+SIDECAR = text_file(
+    json_files(st.builds(apply_edits, st.just(SIDECAR_VALID), EDITS) | JSON_VALUES),
+    json_text(SIDECAR_VALID, False, 2).encode(),
+)
+
+
+def check_sidecar(ctx: Context, value: bytes) -> None:
+    """An engine's sidecar (read on the deployment machine before an engine loads): parsed, or one line;
+    a parsed one is then checked against a TensorRT version, a GPU and a manifest: accepted, or one line."""
+    from strg_deploy.contract.engines import Gpu, check_engine, read_sidecar
+
+    manifest = {"model": {"config": {}}, "networks": {"head": {"file": "head.onnx", "sha256": "2" * 64}}}
+    with scratch() as root:
+        write(root / "head.engine.json", value)
+        sidecar = clean_or_strg_error(lambda: read_sidecar(root / "head.engine", root))
+        if sidecar is not None:
+            json.dumps(sidecar.to_dict(), allow_nan=False)
+            gpu = Gpu("NVIDIA H200", "9.0")
+            clean_or_strg_error(lambda: check_engine(sidecar, "10.13.0.35", gpu, manifest, export_dir=root))
+
+
 REFERENCE_KEYS = ("clips", "rpn.boxes", "rpn.scores", "rpn.mask", "backbone.features", "head.logits")
 REFERENCE_CHANGES = ("drop", "float64", "uint8", "flatten", "empty", "pickled")
 # ("mutate", mutations) changes the real file's bytes; ("array", key, change) rewrites one array;
@@ -1006,6 +1041,7 @@ TARGETS = {
         Target("options", OPTIONS, check_options),
         Target("manifest", MANIFEST, check_manifest, prepare=Context.export),
         Target("reference", REFERENCE, check_reference, prepare=Context.export),
+        Target("sidecar", SIDECAR, check_sidecar),
         Target("video", VIDEO, check_video, in_process=False),
     )
 }

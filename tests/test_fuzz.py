@@ -188,6 +188,17 @@ def test_export_reference_sample(ctx, value):
         check(ctx, "reference", value)
 
 
+@SUITE
+@given(fuzz.SIDECAR)
+@example(json.dumps(fuzz.SIDECAR_VALID).encode())  # accepted: it fits the TensorRT, GPU and manifest checked
+@example(DEEP)  # RecursionError
+@example(json.dumps(dict(fuzz.SIDECAR_VALID, profile=[])).encode())
+@example(json.dumps(dict(fuzz.SIDECAR_VALID, gpu="H200")).encode())
+@example(json.dumps(dict(fuzz.SIDECAR_VALID, export_files={"head.onnx": 3})).encode())
+def test_engine_sidecar(ctx, value):
+    check(ctx, "sidecar", value)
+
+
 @pytest.mark.skipif(not fuzz.VIDEOS.is_dir(), reason=f"real clips not found at {fuzz.VIDEOS}")
 @settings(SUITE, max_examples=2 * EXAMPLES)
 @given(fuzz.VIDEO)
