@@ -172,6 +172,35 @@ def test_plan_profiles_follow_the_model_config(tiny_export, tmp_path):
         builder.plan_build(folder, plain)
 
 
+def test_an_existing_engine_is_kept_only_when_it_was_built_as_asked(tiny_export, tmp_path):
+    """The keep-or-refuse logic on engine files and sidecars written here (no TensorRT involved: the plan
+    files are placeholder bytes, and only their hashes are checked)."""
+    _, folder = tiny_export
+    manifest = read_manifest(folder)
+    gpu = Gpu("NVIDIA H200", "9.0")
+    plan = builder.plan_build(folder, manifest, out_dir=tmp_path, max_batch=8)
+    for network in ("rpn", "backbone", "head"):
+        engine = sidecars.engine_path(tmp_path, network)
+        engine.write_bytes(network.encode())
+        sidecar = _sidecar(
+            network=network,
+            engine_file=engine.name,
+            engine_sha256=sidecars.file_sha256(engine),
+            tensorrt_version="10.13.0.35",
+            gpu=gpu,
+            precision="fp32",
+            profile=builder.sidecar_profile(plan, network),
+            model_config_sha256=sidecars.config_sha256(manifest["model"]["config"]),
+            export_files=sidecars.export_files(manifest),
+        )
+        write_sidecar(engine, sidecar)
+    assert builder.existing_engines(plan, manifest, "10.13.0.35", gpu) == ["rpn", "backbone", "head"]
+    other = builder.plan_build(folder, manifest, out_dir=tmp_path, max_batch=16)
+    t = preset("tiny").feature_frames
+    with pytest.raises(StrgError, match=rf"rpn.engine was built for {t}\.\.{8 * t} \(opt {4 * t}\) frames, "):
+        builder.existing_engines(other, manifest, "10.13.0.35", gpu)
+
+
 def test_plugin_layer_check():
     L = builder.LayerInfo
     expected = Counter({"FrameRoIAlignMax": 1, "SpaceTimeGraph": 1})

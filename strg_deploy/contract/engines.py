@@ -33,6 +33,7 @@ from strg_deploy.fileio import atomic_write_text
 
 MIN_TENSORRT = (10, 9)
 """``tensorrt.plugin.aot_impl`` (ahead-of-time plugin kernels) arrived in TensorRT 10.9."""
+MIN_TENSORRT_TEXT = ".".join(map(str, MIN_TENSORRT))
 TENSORRT_INSTALL = "pip install 'strg-deploy[gpu]' --extra-index-url https://pypi.nvidia.com"
 """NVIDIA's instruction for the ``tensorrt`` wheels (https://pypi.org/project/tensorrt: "pip install
 tensorrt --extra-index-url https://pypi.nvidia.com"), applied to this package's ``gpu`` extra."""

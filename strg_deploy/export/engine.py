@@ -37,6 +37,7 @@ from typing import Any
 from strg_deploy.config import ModelConfig
 from strg_deploy.contract.engines import (
     MIN_TENSORRT,
+    MIN_TENSORRT_TEXT,
     PRECISIONS,
     TENSORRT_INSTALL,
     Gpu,
@@ -85,7 +86,7 @@ def tensorrt_problem() -> str | None:
         return f"TensorRT does not load ({type(err).__name__}: {str(err).splitlines()[0][:80]})"
     version = getattr(trt, "__version__", "0")
     if _version_tuple(version)[:2] < MIN_TENSORRT:
-        return f"TensorRT {version} is older than {'.'.join(map(str, MIN_TENSORRT))}"
+        return f"TensorRT {version} is older than {MIN_TENSORRT_TEXT}"
     return None
 
 
@@ -110,7 +111,7 @@ def require_tensorrt(purpose: str = "strg engine build") -> tuple[Any, Gpu]:
         problems.append(gpu)
     if problems:
         raise StrgError(
-            f"{purpose} needs TensorRT >= {'.'.join(map(str, MIN_TENSORRT))} and an NVIDIA GPU: "
+            f"{purpose} needs TensorRT >= {MIN_TENSORRT_TEXT} and an NVIDIA GPU: "
             f"{'; '.join(problems)}. Install TensorRT with: {INSTALL}"
         )
     return importlib.import_module("tensorrt"), gpu  # type: ignore[return-value]
@@ -358,15 +359,20 @@ def _build_one(
         tensorrt_version=trt.__version__,
         gpu=gpu,
         precision=plan.precision,
-        profile={
-            name: {"min": list(lo), "opt": list(opt), "max": list(hi)}
-            for name, (lo, opt, hi) in plan.profiles[network_name].items()
-        },
+        profile=sidecar_profile(plan, network_name),
         model_config_sha256=config_sha256(manifest["model"]["config"]),
         export_files=export_files(manifest),
     )
     write_sidecar(path, sidecar)
     return EngineResult(network_name, path, "built", time.perf_counter() - start)
+
+
+def sidecar_profile(plan: BuildPlan, network: str) -> dict[str, dict[str, list[int]]]:
+    """``plan``'s profile of ``network`` as a sidecar records it: input -> {"min", "opt", "max": shape}."""
+    return {
+        name: {"min": list(lo), "opt": list(opt), "max": list(hi)}
+        for name, (lo, opt, hi) in plan.profiles[network].items()
+    }
 
 
 def existing_engines(plan: BuildPlan, manifest: dict[str, Any], tensorrt_version: str, gpu: Gpu) -> list[str]:
@@ -384,8 +390,24 @@ def existing_engines(plan: BuildPlan, manifest: dict[str, Any], tensorrt_version
                 f"{path} is a {sidecar.precision} engine, {plan.precision} was asked for: "
                 f"run `strg engine build {plan.export_dir} --rebuild` or give another --out"
             )
+        if sidecar.profile != sidecar_profile(plan, network):
+            unit = "frames" if network == "rpn" else "clips"
+            raise StrgError(
+                f"{path} was built for {_batches(sidecar.profile)} {unit}, --max-batch {plan.max_batch} "
+                f"--opt-batch {plan.opt_batch} was asked for: run `strg engine build {plan.export_dir} "
+                "--rebuild` with these options, or give another --out"
+            )
         kept.append(network)
     return kept
+
+
+def _batches(profile: dict[str, dict[str, list[int]]]) -> str:
+    """The first axis of a sidecar profile's first input, e.g. "1..8 (opt 4)" (clips; frames for the RPN)."""
+    try:
+        first = next(iter(profile.values()))
+        return f"{first['min'][0]}..{first['max'][0]} (opt {first['opt'][0]})"
+    except (StopIteration, KeyError, IndexError, TypeError):
+        return "another profile of"
 
 
 def build_engines(

@@ -46,13 +46,13 @@ of ``SymInt32``, PTX and name returned as bytes).
 
 from typing import Any
 
-from strg_deploy.contract.engines import MIN_TENSORRT, TENSORRT_INSTALL
+from strg_deploy.contract.engines import MIN_TENSORRT_TEXT, TENSORRT_INSTALL
 from strg_deploy.errors import StrgError
 
 
 def _missing(problem: str) -> StrgError:
     return StrgError(
-        f"the strg TensorRT plugins need TensorRT >= {'.'.join(map(str, MIN_TENSORRT))} (tensorrt.plugin "
+        f"the strg TensorRT plugins need TensorRT >= {MIN_TENSORRT_TEXT} (tensorrt.plugin "
         f"with aot_impl): {problem}. Install it with: {TENSORRT_INSTALL}"
     )
 
