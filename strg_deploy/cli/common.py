@@ -195,3 +195,11 @@ def comparison_table(rows: list, title: str) -> Table:
             cells.append(str(row.reordered))
         table.add_row(*cells, top1, "ok" if row.passed else "FAIL")
     return table
+
+
+def given_on_command_line(ctx: typer.Context) -> set[str]:
+    """The parameters the command line set (not their defaults): a resume takes the others from its run,
+    and `strg export --engine` its engines' batch. Compared by name: click's ParameterSource lives in
+    click, or in typer's vendored copy of it."""
+    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
+    return {name for name, source in sources.items() if getattr(source, "name", None) == "COMMANDLINE"}

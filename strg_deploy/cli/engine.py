@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from strg_deploy.cli.common import JsonOption, PlainUsage, console, new_table, reports_errors
+from strg_deploy.contract.engines import DEFAULT_MAX_BATCH
 
 engine_app = typer.Typer(
     help="TensorRT engines for an export (needs TensorRT >= 10.9 and an NVIDIA GPU).", no_args_is_help=True
@@ -59,7 +60,7 @@ def engine_build(
     precision: PrecisionOption = "fp32",
     max_batch: Annotated[
         int, typer.Option("--max-batch", help="Largest batch of clips the engines take.")
-    ] = 8,
+    ] = DEFAULT_MAX_BATCH,
     opt_batch: Annotated[
         int | None, typer.Option("--opt-batch", help="The batch TensorRT tunes for (default min(4, max)).")
     ] = None,

@@ -14,6 +14,7 @@ from strg_deploy.cli.common import (
     PlainUsage,
     comparison_table,
     console,
+    given_on_command_line,
     new_table,
     reports_errors,
 )
@@ -28,6 +29,7 @@ def register(app: typer.Typer) -> None:
 
 @reports_errors
 def export_command(
+    ctx: typer.Context,
     checkpoint: Annotated[
         Path | None,
         typer.Argument(
@@ -87,7 +89,7 @@ def export_command(
     if precision != "fp32" and not engine:
         raise StrgError("--precision is for --engine (the ONNX files are fp32)")
     if engine:  # before any work: without TensorRT or a GPU nothing is exported
-        from strg_deploy.contract.engines import PRECISIONS
+        from strg_deploy.contract.engines import DEFAULT_MAX_BATCH, PRECISIONS
         from strg_deploy.export.engine import require_tensorrt
 
         if precision not in PRECISIONS:
@@ -154,7 +156,10 @@ def export_command(
     if engine:
         from strg_deploy.cli.engine import build_and_report
 
-        engines = build_and_report(out, as_json, precision=precision, max_batch=max_batch, show_json=False)
+        # engines take the export's --max-batch when it was given, else the engine default (`strg engine
+        # build`'s), so that a later `strg engine build EXPORT` finds them built as it would build them
+        engine_batch = max_batch if "max_batch" in given_on_command_line(ctx) else DEFAULT_MAX_BATCH
+        engines = build_and_report(out, as_json, precision=precision, max_batch=engine_batch, show_json=False)
         record = {**(record if check and as_json else {"manifest": manifest}), "engines": engines}
     if as_json:  # one JSON document: the manifest (with --check / --engine: under "manifest")
         typer.echo(json.dumps(record, indent=2))

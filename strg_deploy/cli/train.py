@@ -17,6 +17,7 @@ from strg_deploy.cli.common import (
     ProposalsOption,
     console,
     counting_progress,
+    given_on_command_line,
     new_table,
     reports_errors,
     warn,
@@ -194,13 +195,6 @@ def train(
     rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines()]
     console.print(epoch_table(rows, "all epochs"))
     console.print(f"{best_line(rows)}; checkpoints in {out / 'best'} and {out / 'last'}", soft_wrap=True)
-
-
-def given_on_command_line(ctx: typer.Context) -> set[str]:
-    """The parameters the command line set (not their defaults): a resume takes the others from its run.
-    Compared by name: click's ParameterSource lives in click, or in typer's vendored copy of it."""
-    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
-    return {name for name, source in sources.items() if getattr(source, "name", None) == "COMMANDLINE"}
 
 
 def best_line(rows: list[dict]) -> str:

@@ -38,6 +38,9 @@ TENSORRT_INSTALL = "pip install 'strg-deploy[gpu]' --extra-index-url https://pyp
 """NVIDIA's instruction for the ``tensorrt`` wheels (https://pypi.org/project/tensorrt: "pip install
 tensorrt --extra-index-url https://pypi.nvidia.com"), applied to this package's ``gpu`` extra."""
 
+DEFAULT_MAX_BATCH = 8
+"""The largest batch of clips an engine takes unless told otherwise: `strg infer --batch`'s default."""
+
 SCHEMA = "strg-deploy-engine"
 SCHEMA_VERSION = 1
 PRECISIONS = ("fp32", "fp16")

@@ -36,6 +36,7 @@ from typing import Any
 
 from strg_deploy.config import ModelConfig
 from strg_deploy.contract.engines import (
+    DEFAULT_MAX_BATCH,
     MIN_TENSORRT,
     MIN_TENSORRT_TEXT,
     PRECISIONS,
@@ -189,7 +190,7 @@ def plan_build(
     manifest: dict[str, Any],
     out_dir: str | Path | None = None,
     precision: str = "fp32",
-    max_batch: int = 8,
+    max_batch: int = DEFAULT_MAX_BATCH,
     opt_batch: int | None = None,
     timing_cache: str | Path | None = None,
 ) -> BuildPlan:
@@ -414,7 +415,7 @@ def build_engines(
     export_dir: str | Path,
     out_dir: str | Path | None = None,
     precision: str = "fp32",
-    max_batch: int = 8,
+    max_batch: int = DEFAULT_MAX_BATCH,
     opt_batch: int | None = None,
     rebuild: bool = False,
     timing_cache: str | Path | None = None,
