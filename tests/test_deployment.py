@@ -73,3 +73,51 @@ def test_strg_infer_runs_the_export(folder, backend, tmp_path):
     assert {line["stream"] for line in lines} == {"clip0", "clip1"}
     classes = read_manifest(folder)["model"]["classes"]
     assert all(line["top"][0]["label"] in classes for line in lines)
+
+
+def _onnxruntime_gpu_without_a_gpu() -> str | None:
+    """Why the next test cannot run here (None when it can): it needs onnxruntime-gpu installed on a
+    machine without the NVIDIA driver."""
+    import ctypes
+
+    try:
+        import onnxruntime
+    except ImportError:
+        return "onnxruntime is not installed"
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return "needs onnxruntime-gpu (the deployment check swaps it in for onnxruntime)"
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    return "this machine has the NVIDIA driver: the GPU tests cover onnxruntime-cuda here"
+
+
+# set by the deployment check, where the next test must run
+EXPECT_ONNXRUNTIME_GPU = bool(os.environ.get("STRG_DEPLOYMENT_ONNXRUNTIME_GPU"))
+
+
+@pytest.mark.skipif(
+    not EXPECT_ONNXRUNTIME_GPU and _onnxruntime_gpu_without_a_gpu() is not None,
+    reason=str(_onnxruntime_gpu_without_a_gpu()),
+)
+def test_onnxruntime_gpu_without_a_gpu_refuses_cuda_in_one_line(folder, tmp_path):
+    """What a user of the gpu extra sees on a machine without a GPU: one line naming the missing driver
+    or library (none of onnxruntime's own log lines), exit 2; the CPU provider still runs."""
+    import subprocess
+    import sys
+
+    unable = _onnxruntime_gpu_without_a_gpu()
+    if unable is not None:  # the deployment check asked for this test: never skip it silently there
+        pytest.fail(unable)
+
+    command = [sys.executable, "-m", "strg_deploy.cli", "verify", str(folder)]
+    command += ["--backend", "onnxruntime-cuda"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: onnxruntime-gpu ")
+    assert "NVIDIA driver" in lines[0] or "cannot load its CUDA provider" in lines[0]
+    result = runner.invoke(app, ["verify", str(folder), "--backend", "onnxruntime"])
+    assert result.exit_code == 0, result.output

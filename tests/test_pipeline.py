@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from typer.testing import CliRunner
 from strg_deploy.cli import app
 from strg_deploy.config import preset
 from strg_deploy.contract.manifest import MANIFEST_FILE, file_sha256, read_manifest
-from strg_deploy.contract.networks import SPECS, rpn_frames, tensor_shapes
+from strg_deploy.contract.networks import NETWORKS, SPECS, rpn_frames, tensor_shapes
 from strg_deploy.contract.reference import REFERENCE_FILE, read_reference
 from strg_deploy.data.clips import synthetic_clip, video_clip
 from strg_deploy.engines.auto import CHOICE_FILE
@@ -146,6 +147,69 @@ def test_torch_backend_runs_a_checkpoint_and_keeps_features_as_tensors(export, t
     assert_close(Pipeline.load(folder, "onnxruntime").run(clips).as_dict(), got.as_dict())
     with pytest.raises(StrgError, match="is an export; the torch backend runs a checkpoint"):
         Pipeline.load(folder, "torch")
+
+
+def test_onnxruntime_io_binding_keeps_features_as_ort_values_for_the_head(export):
+    """The path onnxruntime-cuda takes (outputs bound on the session's device, the backbone's OrtValue
+    handed to the head as it is), run here with the CPU as that device."""
+    import onnxruntime as ort
+
+    from strg_deploy.engines.onnxruntime import OnnxRuntimeNetwork
+
+    model, folder = export
+    plain = Pipeline.load(folder, "onnxruntime")
+    bound = {n: OnnxRuntimeNetwork(folder / f"{n}.onnx", bind_outputs=True) for n in NETWORKS}
+    pipeline = Pipeline(bound, model.cfg, "softmax", folder)
+    head = bound["head"]
+    received = []
+    run = head.run
+    head.run = lambda inputs: received.append(type(inputs["features"])) or run(inputs)
+    clips = clips_of(model, 3)
+    got = pipeline.run(clips)
+    assert received == [ort.OrtValue]  # the features never became a numpy array on the way
+    for name, value in plain.run(clips).as_dict().items():
+        np.testing.assert_array_equal(getattr(got, name), value)
+    outputs = bound["backbone"].run({"clip": clips})
+    assert isinstance(outputs["features"], ort.OrtValue)
+    assert outputs["features"].shape() == list(bound["backbone"].to_host(outputs["features"]).shape)
+    # a plain network takes an OrtValue too, and still answers with numpy arrays
+    logits = plain.networks["head"].run({**{k: got.as_dict()[k] for k in ("boxes", "mask")}, **outputs})
+    assert isinstance(logits["logits"], np.ndarray)
+    np.testing.assert_array_equal(logits["logits"], got.logits)
+    with pytest.raises(StrgError, match="missing input"):
+        head.run({"features": outputs["features"]})
+
+
+class Queued(Limited):
+    """A network as an asynchronous GPU backend looks to the pipeline: ``run`` queues (here: the real
+    run, then its seconds of pretended device work), ``wait`` blocks until the queue is done."""
+
+    def __init__(self, network, device_seconds: float):
+        super().__init__(network, maximum=None)
+        self.device_seconds, self.calls = device_seconds, []
+
+    def run(self, inputs):
+        self.calls.append("run")
+        return self.network.run(inputs)
+
+    def wait(self):
+        self.calls.append("wait")
+        time.sleep(self.device_seconds)
+
+
+def test_an_asynchronous_backbone_is_waited_for_where_its_features_stay_on_the_device(export):
+    """The backbone's queued work counts in its own seconds, not in the head's that reads the features."""
+    model, folder = export
+    loaded = Pipeline.load(folder, "onnxruntime").networks
+    queued = Queued(loaded["backbone"], device_seconds=0.3)
+    kept = Pipeline({**loaded, "backbone": queued}, model.cfg, "softmax", folder).run(clips_of(model, 1))
+    assert queued.calls == ["run", "wait"]
+    assert kept.seconds["backbone"] >= 0.3  # the wait is counted where the work was queued
+    openvino = Pipeline.load(folder, {"rpn": "onnxruntime", "backbone": "onnxruntime", "head": "openvino"})
+    queued.calls.clear()
+    chain = Pipeline({**openvino.networks, "backbone": queued}, model.cfg, "softmax", folder)
+    chain.run(clips_of(model, 1))
+    assert queued.calls == ["run"]  # copied to the host for another runtime: to_host waits already
 
 
 def test_bad_clips_backend_and_changed_files_are_one_line(export, tmp_path):

@@ -140,17 +140,44 @@ def test_onnxruntime_cuda_without_its_provider_is_one_line(tiny_export):
     assert result.stderr.startswith("error: onnxruntime") and "no CUDA provider" in result.stderr
 
 
+def test_a_cuda_provider_library_that_does_not_load_is_named_in_one_line(tmp_path):
+    """The loader probe that runs before an onnxruntime-gpu session (the deployment check runs it on the
+    real onnxruntime-gpu): the dynamic loader's own reason, made into one line naming the fix."""
+    from strg_deploy.engines.onnxruntime_cuda import library_load_error, provider_problem
+
+    broken = tmp_path / "libonnxruntime_providers_cuda.so"
+    broken.write_bytes(b"not a shared object\n" * 4)
+    reason = library_load_error(broken)
+    assert reason is not None and str(broken) in reason and "\n" not in reason
+    assert library_load_error(tmp_path / "absent.so") is None  # not there: onnxruntime decides
+    import _ctypes
+
+    assert library_load_error(Path(_ctypes.__file__)) is None  # a shared object that loads
+    driver = provider_problem("libcuda.so.1: cannot open shared object file: No such file", "1.31.1", "13.0")
+    assert driver.startswith("onnxruntime-gpu 1.31.1 cannot use a GPU here: the NVIDIA driver")
+    library = provider_problem("libcublasLt.so.13: cannot open shared object file", "1.31.1", "13.0")
+    assert "(libcublasLt.so.13: cannot open shared object file)" in library
+    assert "needs CUDA 13 and cuDNN 9" in library and "onnxruntime-gpu[cuda,cudnn]" in library
+    assert "needs CUDA and cuDNN 9" in provider_problem("libcudnn.so.9: missing", "1.20.0", None)
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("onnxruntime") is None or not _ort_has_cuda() or not HAS_GPU,
     reason="needs onnxruntime-gpu and an NVIDIA GPU",
 )
 def test_onnxruntime_cuda_passes_the_exports_verification(tiny_export):
+    from strg_deploy.engines.pipeline import Pipeline
     from strg_deploy.engines.verify import verify_export
 
     _, export = tiny_export
     result = verify_export(export, "onnxruntime-cuda")
     assert result.passed, [r for r in result.rows if not r.passed]
     assert {row["device"] for row in result.backends} == {"cuda:0"}
+    backbone = Pipeline.load(export, "onnxruntime-cuda").networks["backbone"]
+    clip = np.zeros((1, *backbone.session.get_inputs()[0].shape[1:]), np.uint8)
+    features = backbone.run({"clip": clip})["features"]
+    assert features.device_name().lower() == "cuda"  # bound on the GPU, not copied to the host
+    assert backbone.to_host(features).shape[0] == 1
 
 
 # ---------------------------------------------------------------- batch planning

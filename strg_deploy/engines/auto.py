@@ -100,9 +100,9 @@ def _inputs(manifest: dict[str, Any], rpn, backbone) -> dict[str, dict]:
         "rpn": {"frames": frames},
         "backbone": {"clip": clip},
         "head": {
-            "features": np.asarray(features),
-            "boxes": np.asarray(proposals["boxes"]).reshape(*shape, 4),
-            "mask": np.asarray(proposals["mask"]).reshape(shape),
+            "features": backbone.to_host(features),
+            "boxes": rpn.to_host(proposals["boxes"]).reshape(*shape, 4),
+            "mask": rpn.to_host(proposals["mask"]).reshape(shape),
         },
     }
 

@@ -6,6 +6,9 @@ that the same backend returned (a GPU backend keeps the backbone's features on t
 to its head as they are); :meth:`Network.to_host` turns any value it returned into a numpy array. Each
 network says what it is (:class:`BackendInfo`: backend name, device, precision, runtime version) and the
 batch sizes it takes (:class:`BatchLimits`, an engine's optimisation profile; CPU runtimes take any).
+A backend whose ``run`` returns before the device has finished (TensorRT queues on a CUDA stream) also
+has ``wait()``, which blocks until its queued work is done: the pipeline calls it where a value stays on
+the device, so that the seconds it reports per network are that network's own.
 """
 
 from __future__ import annotations

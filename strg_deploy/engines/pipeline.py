@@ -283,6 +283,8 @@ class Pipeline:
         features = backbone.run({"clip": clips})["features"]
         if not backbone.info.shares_memory_with(head.info):
             features = backbone.to_host(features)
+        elif hasattr(backbone, "wait"):  # an asynchronous GPU backend: let its work finish on its clock
+            backbone.wait()
         seconds["backbone"] = time.perf_counter() - start
         start = time.perf_counter()
         logits = head.to_host(head.run({"features": features, "boxes": boxes, "mask": mask})["logits"])

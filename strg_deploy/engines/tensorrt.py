@@ -349,6 +349,12 @@ class TensorRTNetwork:
 
     # -------------------------------------------------------------- results
 
+    def wait(self) -> None:
+        """Block until everything queued on this network's stream has run (the pipeline calls it after a
+        network whose outputs stay on the GPU, so that network's seconds are its own)."""
+        self._stream.synchronize()
+        self._staging_busy = False
+
     def to_host(self, value: Any) -> np.ndarray:
         """A numpy copy of ``value`` (a DeviceArray of any TensorRT network, or an array already)."""
         if not isinstance(value, DeviceArray):
