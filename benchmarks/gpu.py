@@ -533,6 +533,7 @@ def section_nvdec(work: Path) -> list[dict]:
                     "fps": count / seconds,
                 }
             )
+    rows.append(_pynvvideocodec_row(path))
     table(
         "decoding a 1080p H.264 clip (150 frames)",
         ["decode", "converted to", "frames", "fps"],
@@ -547,6 +548,24 @@ def section_nvdec(work: Path) -> list[dict]:
         ],
     )
     return rows
+
+
+def _pynvvideocodec_row(path: Path) -> dict:
+    """NVIDIA's PyNvVideoCodec on the same clip, frames left on the GPU as RGB (the alternative to PyAV's
+    hwaccel that keeps frames on the device): decode fps, or why it could not run."""
+    try:
+        import PyNvVideoCodec as nvc
+
+        decoder = nvc.SimpleDecoder(
+            str(path), gpu_id=0, use_device_memory=True, output_color_type=nvc.OutputColorType.RGB
+        )
+        start = time.perf_counter()
+        total = len(decoder)
+        count = sum(len(decoder[i : i + 32]) for i in range(0, total, 32))
+        seconds = time.perf_counter() - start
+    except Exception as error:  # noqa: BLE001 - recorded, the script goes on
+        return {"decode": "pynvvideocodec", "skipped": _reason(error)}
+    return {"decode": "pynvvideocodec", "size": "full, on the GPU", "frames": count, "fps": count / seconds}
 
 
 def _reason(error: BaseException) -> str:

@@ -53,6 +53,32 @@ def test_kernel_compiles_to_ptx_as_launch_declares(spec, cc, target):
     assert kernel.profile_scratch_size == 0
 
 
+@pytest.mark.parametrize("cc, target", TARGETS)
+@pytest.mark.parametrize("spec", [launch.ROI_SPEC, launch.GRAPH_SPEC], ids=lambda s: s.name)
+def test_the_gpu_binary_spills_nothing_and_a_block_fits_a_multiprocessor(spec, cc, target):
+    """ptxas (the Triton wheel's) assembles the PTX for the real architecture: no register spills, no
+    stack, and a block of launch.py's size fits the register file (else the launch would fail with
+    'too many resources requested')."""
+    usage = ptx.resource_usage(ptx.compile_kernel(spec.name, cc=cc, ptx_version=80, attributes=PAPER))
+    assert usage.arch == target
+    assert (usage.spill_stores, usage.spill_loads, usage.stack_bytes) == (0, 0, 0)
+    assert 0 < usage.registers <= ptx.MAX_REGISTERS_PER_THREAD
+    assert usage.block_registers(spec.block) <= ptx.REGISTERS_PER_SM
+
+
+def test_register_blocks_are_allocated_per_warp():
+    usage = ptx.ResourceUsage("sm_80", 110, spill_stores=0, spill_loads=0, stack_bytes=0, barriers=0)
+    assert usage.block_registers(128) == 4 * 3584  # 110 x 32 = 3520, rounded up to 3584 per warp
+    assert usage.block_registers(33) == 2 * 3584
+
+
+def test_ptxas_refusing_the_ptx_is_one_line():
+    kernel = ptx.compile_kernel(launch.GRAPH_KERNEL, cc=80)
+    broken = ptx.CompiledKernel(**{**kernel.__dict__, "ptx": kernel.ptx.replace(".entry", ".entri", 1)})
+    with pytest.raises(StrgError, match="ptxas refused space_time_graph_kernel for sm_80"):
+        ptx.resource_usage(broken)
+
+
 def test_ptx_version_is_pinned_not_the_newest():
     kernel = ptx.compile_kernel(launch.GRAPH_KERNEL, cc=80, ptx_version=81)
     assert re.search(r"^\.version 8\.1$", kernel.ptx, flags=re.MULTILINE)

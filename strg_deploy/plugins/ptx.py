@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import re
+import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -117,6 +119,69 @@ def _compile(name: str, cc: int, ptx_version: int, attributes: tuple) -> Compile
         global_scratch_size=meta.global_scratch_size,
         profile_scratch_size=meta.profile_scratch_size,
     )
+
+
+REGISTERS_PER_SM = 65536  # every architecture from sm_50 to sm_90 (CUDA programming guide, table of limits)
+MAX_REGISTERS_PER_THREAD = 255
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    """What ``ptxas -v`` reports for one kernel assembled for one GPU architecture: registers per
+    thread, spill stores and loads (bytes), stack frame (bytes) and named barriers."""
+
+    arch: str
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    stack_bytes: int
+    barriers: int
+
+    def block_registers(self, threads: int) -> int:
+        """Registers a block of ``threads`` takes (allocated per warp in units of 256)."""
+        per_warp = -(-self.registers * 32 // 256) * 256
+        return per_warp * -(-threads // 32)
+
+
+def sass_arch(cc: int) -> str:
+    """The ``ptxas -arch`` of a kernel compiled for ``cc``: sm_90a for Hopper (Triton's cc 90 PTX uses
+    its architecture-specific features), sm_<cc> otherwise."""
+    return "sm_90a" if cc == 90 else f"sm_{cc}"
+
+
+def resource_usage(kernel: CompiledKernel) -> ResourceUsage:
+    """Assemble ``kernel``'s PTX for its own architecture with the Triton wheel's ``ptxas -v`` (no GPU
+    needed) and read what the GPU binary uses; StrgError with ptxas's message when it refuses the PTX."""
+    from triton.knobs import nvidia
+
+    arch = sass_arch(kernel.cc)
+    with tempfile.TemporaryDirectory(prefix="strg-ptxas-") as folder:
+        source = f"{folder}/kernel.ptx"
+        with open(source, "w", encoding="utf-8") as f:
+            f.write(kernel.ptx)
+        done = subprocess.run(
+            [nvidia.ptxas.path, f"-arch={arch}", "-v", source, "-o", f"{folder}/kernel.cubin"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    report = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise StrgError(f"ptxas refused {kernel.name} for {arch}: {' '.join(report.split())[:300]}")
+    numbers = {}
+    for key, pattern in (
+        ("stack_bytes", r"(\d+) bytes stack frame"),
+        ("spill_stores", r"(\d+) bytes spill stores"),
+        ("spill_loads", r"(\d+) bytes spill loads"),
+        ("registers", r"Used (\d+) registers"),
+        ("barriers", r"used (\d+) barriers"),
+    ):
+        match = re.search(pattern, report)
+        numbers[key] = int(match.group(1)) if match else 0
+    if not re.search(r"Used \d+ registers", report):
+        said = " ".join(report.split())[:300]
+        raise StrgError(f"ptxas -v gave no register count for {kernel.name}: {said}")
+    return ResourceUsage(arch=arch, **numbers)
 
 
 def entry_params(ptx: str, entry: str) -> tuple[str, ...]:
