@@ -116,8 +116,8 @@ def _compile(name: str, cc: int, ptx_version: int, attributes: tuple) -> Compile
         shared_mem=meta.shared,
         cc=cc,
         ptx_version=ptx_version,
-        global_scratch_size=meta.global_scratch_size,
-        profile_scratch_size=meta.profile_scratch_size,
+        global_scratch_size=getattr(meta, "global_scratch_size", 0),  # fields of Triton 3.3 and later
+        profile_scratch_size=getattr(meta, "profile_scratch_size", 0),
     )
 
 
