@@ -248,10 +248,11 @@ def launch_ptx(compiled, params, pointers_in, ints, pointers_out) -> None:
     torch.cuda.synchronize()  # the primary context is current (torch made it so)
     module = check(driver.cuModuleLoadData(compiled.ptx.encode() + b"\0"), "cuModuleLoadData")
     function = check(driver.cuModuleGetFunction(module, compiled.name.encode()), "cuModuleGetFunction")
-    if params.shared_mem > 48 * 1024:
+    shared_mem = compiled.shared_mem  # what the plugin's aot_impl passes: the compiled kernel's own
+    if shared_mem > 48 * 1024:
         attribute = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
         check(
-            driver.cuFuncSetAttribute(function, attrib=attribute, value=params.shared_mem),
+            driver.cuFuncSetAttribute(function, attrib=attribute, value=shared_mem),
             "cuFuncSetAttribute",
         )
     hidden = len(compiled.params) - len(pointers_in) - len(ints) - len(pointers_out)
@@ -265,7 +266,7 @@ def launch_ptx(compiled, params, pointers_in, ints, pointers_out) -> None:
             blockDimX=params.block,
             blockDimY=1,
             blockDimZ=1,
-            sharedMemBytes=params.shared_mem,
+            sharedMemBytes=shared_mem,
             hStream=0,
             kernelParams=kernel_params(pointers_in, ints, pointers_out, hidden),
             extra=0,

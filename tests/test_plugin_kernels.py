@@ -204,17 +204,20 @@ def test_graph_kernel_empty_frame_has_no_edges(results):
 
 def test_roi_launch_params():
     params = launch.roi_launch_params((2, 512, 16, 14, 14), (2, 16, 50, 4))
-    assert params.grid == (2 * 16 * 50, 8, 1)
+    assert params.grid == (2 * 16 * 50, 32, 1)
     assert params.block == launch.ROI_NUM_WARPS * 32 == 64
-    assert params.shared_mem == 0
-    assert launch.roi_launch_params((1, 70, 1, 5, 5), (1, 1, 2, 4)).grid == (2, 2, 1)
+    assert params.shared_mem == 1024  # the bound; the plugin passes the compiled kernel's own figure
+    assert launch.roi_launch_params((1, 70, 1, 5, 5), (1, 1, 2, 4)).grid == (2, 5, 1)
     assert launch.roi_extra_args((2, 512, 16, 14, 7), (2, 16, 50, 4)) == (512, 16, 14, 7, 50)
     assert launch.roi_constexprs(0.0625, 7, 2) == {
         "SPATIAL_SCALE": 0.0625,
         "OUTPUT_SIZE": 7,
         "SAMPLING_RATIO": 2,
-        "BLOCK_C": 64,
+        "BLOCK_C": 16,
+        "BLOCK_BINS": 64,
     }
+    assert launch.roi_constexprs(0.0625, 4, 2)["BLOCK_BINS"] == 16  # 16 bins: a power of two already
+    assert launch.roi_constexprs(0.0625, 1, 1)["BLOCK_BINS"] == 1
 
 
 def test_graph_launch_params():
@@ -243,6 +246,7 @@ def test_launch_signatures_follow_the_aot_order():
         ("OUTPUT_SIZE", "constexpr"),
         ("SAMPLING_RATIO", "constexpr"),
         ("BLOCK_C", "constexpr"),
+        ("BLOCK_BINS", "constexpr"),
     ]
     assert list(launch.GRAPH_SPEC.signature(launch.graph_constexprs())) == [
         "boxes",
@@ -275,7 +279,7 @@ def test_launch_formulas_take_symbolic_dimensions():
     features = [Dim(n) for n in ("B", "C", "T", "H", "W")]
     boxes = [Dim("B"), Dim("T"), Dim("N"), 4]
     grid = launch.roi_grid(features, boxes)
-    assert (grid[0].text, grid[1].text, grid[2]) == ("((B * T) * N)", "((C + 63) // 64)", 1)
+    assert (grid[0].text, grid[1].text, grid[2]) == ("((B * T) * N)", "((C + 15) // 16)", 1)
     assert [d.text for d in launch.roi_extra_args(features, boxes)] == ["C", "T", "H", "W", "N"]
     grid = launch.graph_grid(boxes)
     assert (grid[0].text, grid[1].text) == ("(B * (T - 1))", "((N + 15) // 16)")

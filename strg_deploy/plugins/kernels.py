@@ -68,18 +68,23 @@ def frame_roi_align_max_kernel(
     OUTPUT_SIZE: tl.constexpr,
     SAMPLING_RATIO: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    BLOCK_BINS: tl.constexpr,
 ):
     """RoIAlign (average bins, aligned=True) of one box on its own feature frame, max over the bins.
 
     Program (box, channel block): axis 0 is the box index ``(b * T' + t) * N + n`` (grid B * T' * N),
-    axis 1 the block of ``BLOCK_C`` channels. For each of the OUTPUT_SIZE^2 bins the kernel averages
-    SAMPLING_RATIO^2 bilinear samples (torchvision's rule: a sample outside [-1, H'] x [-1, W'] is zero,
-    coordinates below 0 are raised to 0, the low corner is clamped to the last row/column) and keeps the
-    running maximum, so no [bins, C] intermediate is written. A padded box (mask 0) writes zeros.
+    axis 1 the block of ``BLOCK_C`` channels, taken one after another. The lanes hold the
+    OUTPUT_SIZE^2 bins (padded to BLOCK_BINS, a power of two), the only axis of every tensor here, so
+    whatever layout Triton picks, one load instruction reads neighbouring bins of ONE channel, inside one
+    H' x W' plane: 3-6 sectors per load rather than 32 when the lanes are channels a plane apart
+    (benchmarks/roi_access.py). The sample positions and weights do not depend on the channel and are
+    computed once per program. Each bin averages SAMPLING_RATIO^2 bilinear samples (torchvision's rule:
+    a sample outside [-1, H'] x [-1, W'] is zero, coordinates below 0 are raised to 0, the low corner is
+    clamped to the last row/column); the max over the bins is a reduction across the lanes, so no
+    [bins, C] intermediate is written. A padded box (mask 0) writes zeros.
     """
     box = tl.program_id(0)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    in_c = offs_c < channels
+    first_c = tl.program_id(1) * BLOCK_C
     keep = tl.load(mask + box) != 0
 
     x1 = tl.load(boxes + box * 4 + 0) * SPATIAL_SCALE - 0.5
@@ -93,21 +98,24 @@ def frame_roi_align_max_kernel(
     b = frame // frames
     t = frame - b * frames
     plane = height * width
-    base = (b.to(tl.int64) * channels * frames + t) * plane  # features[b, 0, t, 0, 0]
-    rows = features + base + offs_c.to(tl.int64) * frames * plane  # [BLOCK_C] pointers to each channel
+    base = features + (b.to(tl.int64) * channels * frames + t) * plane  # features[b, 0, t, 0, 0]
     h_f = height.to(tl.float32)
     w_f = width.to(tl.float32)
 
-    best = tl.full([BLOCK_C], float("-inf"), tl.float32)
-    for k in range(OUTPUT_SIZE * OUTPUT_SIZE):
-        ph = k // OUTPUT_SIZE
-        pw = k - ph * OUTPUT_SIZE
-        total = tl.zeros([BLOCK_C], tl.float32)
+    bins = tl.arange(0, BLOCK_BINS)
+    in_bin = bins < OUTPUT_SIZE * OUTPUT_SIZE
+    ph = (bins // OUTPUT_SIZE).to(tl.float32)
+    pw = (bins % OUTPUT_SIZE).to(tl.float32)
+    channel_stride = frames.to(tl.int64) * plane  # 64-bit: C * T' * H' * W' may pass 2**31
+    last_c = tl.minimum(first_c + BLOCK_C, channels)
+    for c in range(first_c, last_c):
+        plane_c = base + c * channel_stride  # features[b, c, t, 0, 0]
+        total = tl.zeros([BLOCK_BINS], tl.float32)
         for iy in tl.static_range(SAMPLING_RATIO):
             y = y1 + ph * bin_h + (iy + 0.5) * bin_h / SAMPLING_RATIO
             for ix in tl.static_range(SAMPLING_RATIO):
                 x = x1 + pw * bin_w + (ix + 0.5) * bin_w / SAMPLING_RATIO
-                inside = keep & (y >= -1.0) & (y <= h_f) & (x >= -1.0) & (x <= w_f)
+                inside = in_bin & keep & (y >= -1.0) & (y <= h_f) & (x >= -1.0) & (x <= w_f)
                 yc = tl.minimum(tl.maximum(y, 0.0), h_f)  # the upper clamp only guards the int cast
                 xc = tl.minimum(tl.maximum(x, 0.0), w_f)
                 y_low = yc.to(tl.int32)
@@ -122,15 +130,14 @@ def frame_roi_align_max_kernel(
                 lx = tl.where(last_x, 0.0, xc - x_low.to(tl.float32))
                 hy = 1.0 - ly
                 hx = 1.0 - lx
-                load = in_c & inside
-                v1 = tl.load(rows + (y_low * width + x_low), mask=load, other=0.0)
-                v2 = tl.load(rows + (y_low * width + x_high), mask=load, other=0.0)
-                v3 = tl.load(rows + (y_high * width + x_low), mask=load, other=0.0)
-                v4 = tl.load(rows + (y_high * width + x_high), mask=load, other=0.0)
+                v1 = tl.load(plane_c + (y_low * width + x_low), mask=inside, other=0.0)
+                v2 = tl.load(plane_c + (y_low * width + x_high), mask=inside, other=0.0)
+                v3 = tl.load(plane_c + (y_high * width + x_low), mask=inside, other=0.0)
+                v4 = tl.load(plane_c + (y_high * width + x_high), mask=inside, other=0.0)
                 total += hy * hx * v1 + hy * lx * v2 + ly * hx * v3 + ly * lx * v4
-        best = tl.maximum(best, total / (SAMPLING_RATIO * SAMPLING_RATIO))
-    out = tl.where(keep, best, 0.0)
-    tl.store(nodes + box * channels + offs_c, out, mask=in_c)
+        average = tl.where(in_bin, total / (SAMPLING_RATIO * SAMPLING_RATIO), float("-inf"))
+        best = tl.max(average, axis=0)
+        tl.store(nodes + box * channels + c, tl.where(keep, best, 0.0))
 
 
 @triton.jit

@@ -1,7 +1,8 @@
 """How each plugin kernel is launched: the one place that says so (plain Python: no triton, no tensorrt).
 
 For each kernel of :mod:`strg_deploy.plugins.kernels` a :class:`KernelSpec` gives the parameter list in
-TensorRT's AOT order (input pointers, int32 scalars, output pointers), the warps and the shared memory;
+TensorRT's AOT order (input pointers, int32 scalars, output pointers), the warps and the most shared
+memory the kernel takes (a launch passes the compiled kernel's own figure, Triton's ``metadata.shared``);
 functions give, for concrete input shapes, the grid and block (:func:`roi_launch_params`,
 :func:`graph_launch_params`), the int32 scalars in kernel order (:func:`roi_extra_args`,
 :func:`graph_extra_args`), and the compile-time constants (:func:`roi_constexprs` from the node's
@@ -13,7 +14,10 @@ TensorRT's symbolic shape expressions (``tensorrt.plugin.ShapeExpr``) as well as
 
 ``FrameRoIAlignMax``: features [B, C, T', H', W'], boxes [B, T', N, 4], mask [B, T', N]
     -> nodes [B, T', N, C];
-    grid (B * T' * N, ceil(C / 64), 1), 64 threads, no shared memory, int32 scalars (C, T', H', W', N).
+    grid (B * T' * N, ceil(C / 16), 1), 64 threads, int32 scalars (C, T', H', W', N); the lanes hold
+    the OUTPUT_SIZE^2 bins padded to a power of two, and the program takes its 16 channels one after
+    another; the max over the bins reduces across the two warps in shared memory (8 bytes from 7 x 7
+    bins on, none below; launch.py bounds it at 1 KiB).
 ``SpaceTimeGraph``: boxes [B, T', N, 4], mask [B, T', N] -> forward, backward [B, T'-1, N, N].
     grid (B * (T' - 1), ceil(N / 16), 1), 128 threads, 128 bytes of shared memory, int32 scalars (T', N).
     With T' = 1 the grid is empty (the outputs have no elements): launch nothing.
@@ -32,7 +36,7 @@ GRAPH_KERNEL = "space_time_graph_kernel"
 ROI_INT_ARGS = ("channels", "frames", "height", "width", "count")
 GRAPH_INT_ARGS = ("frames", "count")
 
-ROI_BLOCK_C = 64
+ROI_BLOCK_C = 16
 ROI_NUM_WARPS = 2
 GRAPH_BLOCK_R = 16
 GRAPH_BLOCK_C = 64
@@ -42,7 +46,9 @@ GRAPH_NUM_WARPS = 4
 @dataclass(frozen=True)
 class KernelSpec:
     """One kernel's calling convention. inputs/outputs: (name, Triton pointer type) in kernel order;
-    int_args: names of the int32 scalars between them; shared_mem: dynamic shared memory in bytes."""
+    int_args: names of the int32 scalars between them; shared_mem: the most dynamic shared memory (bytes)
+    the kernel takes for any attribute set: a launch passes the compiled kernel's own figure, at most
+    this (Triton sizes the shared memory per compilation, e.g. with the number of RoI bins)."""
 
     name: str
     inputs: tuple[tuple[str, str], ...]
@@ -69,7 +75,7 @@ ROI_SPEC = KernelSpec(
     int_args=ROI_INT_ARGS,
     outputs=(("nodes", "*fp32"),),
     num_warps=ROI_NUM_WARPS,
-    shared_mem=0,
+    shared_mem=1024,  # 0 or 8 bytes for 1 x 1 to 16 x 16 bins (Triton 3.5-3.8, cc 75 to 90)
 )
 GRAPH_SPEC = KernelSpec(
     name=GRAPH_KERNEL,
@@ -84,7 +90,8 @@ SPECS = {ROI_KERNEL: ROI_SPEC, GRAPH_KERNEL: GRAPH_SPEC}
 
 @dataclass(frozen=True)
 class LaunchParams:
-    """grid (x, y, z) in blocks, block threads (x only), dynamic shared memory in bytes."""
+    """grid (x, y, z) in blocks, block threads (x only), dynamic shared memory in bytes (the kernel's
+    bound; the plugin launches with the compiled kernel's own figure)."""
 
     grid: tuple[int, int, int]
     block: int
@@ -92,7 +99,8 @@ class LaunchParams:
 
 
 def roi_constexprs(spatial_scale: float, output_size: int, sampling_ratio: int) -> dict[str, object]:
-    """The compile-time constants of the RoI kernel from the node's attributes (plus its channel block)."""
+    """The compile-time constants of the RoI kernel from the node's attributes (plus the channels per
+    program and the bins padded to a power of two)."""
     if not spatial_scale > 0 or int(output_size) < 1 or int(sampling_ratio) < 1:
         raise StrgError(
             "FrameRoIAlignMax: spatial_scale must be positive and output_size, sampling_ratio at least 1 "
@@ -103,6 +111,7 @@ def roi_constexprs(spatial_scale: float, output_size: int, sampling_ratio: int) 
         "OUTPUT_SIZE": int(output_size),
         "SAMPLING_RATIO": int(sampling_ratio),
         "BLOCK_C": ROI_BLOCK_C,
+        "BLOCK_BINS": 1 << (int(output_size) ** 2 - 1).bit_length(),
     }
 
 

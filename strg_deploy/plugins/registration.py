@@ -16,8 +16,9 @@ For each plugin:
 - ``@trtp.autotune``: float32 LINEAR for every float tensor and BOOL for the mask. The kernels are
   float32 only, so no fp16 combination is declared (an fp16 engine gets casts around the plugin).
 - ``@trtp.aot_impl``: the product path. It returns the kernel's entry name, its PTX
-  (:func:`strg_deploy.plugins.ptx.compile_kernel`), ``KernelLaunchParams`` (grid, block and shared memory
-  of :mod:`strg_deploy.plugins.launch`) and the int32 extra arguments in kernel order as ``SymIntExprs``.
+  (:func:`strg_deploy.plugins.ptx.compile_kernel`), ``KernelLaunchParams`` (grid and block of
+  :mod:`strg_deploy.plugins.launch`, the shared memory the compiled kernel reports) and the int32 extra
+  arguments in kernel order as ``SymIntExprs``.
   TensorRT bakes the PTX into the engine, which then runs in any TensorRT runtime (trtexec, C++, Triton
   Inference Server) without Python, triton or torch. The node's attributes become the kernel's
   compile-time constants (attributes are not serialised for AOT plugins).
@@ -94,12 +95,21 @@ def _max_dims(desc: trtp.TensorDesc) -> tuple[int, ...]:
     return tuple(int(d) for d in (shape.max if shape.is_dynamic else shape))
 
 
-def _launch_params(plan: shapes.Launch) -> trtp.KernelLaunchParams:
+def _launch_params(plan: shapes.Launch, shared_mem: int) -> trtp.KernelLaunchParams:
+    """``plan``'s grid and block, with ``shared_mem``: the compiled kernel's own (Triton's
+    ``metadata.shared``, as Triton's launcher and NVIDIA's sample pass it)."""
     params = trtp.KernelLaunchParams()
     params.grid_x, params.grid_y, params.grid_z = plan.grid
     params.block_x = plan.block
-    params.shared_mem = plan.shared_mem
+    params.shared_mem = shared_mem
     return params
+
+
+def _aot_result(kernel, plan: shapes.Launch) -> AotResult:
+    """What ``aot_impl`` returns for a compiled kernel and its launch: (entry name, PTX, launch
+    parameters with the kernel's own shared memory, the int32 extra arguments)."""
+    params = _launch_params(plan, kernel.shared_mem)
+    return kernel.name.encode(), kernel.ptx.encode(), params, _extra_args(plan)
 
 
 def _extra_args(plan: shapes.Launch) -> trtp.SymIntExprs:
@@ -126,35 +136,36 @@ def device_cc() -> int:
     return shapes.ptx_cc(major, minor)
 
 
-def compiled(name: str, cc: int, attributes: dict[str, Any] | None = None) -> tuple[bytes, bytes]:
-    """(entry name, PTX) of kernel ``name`` for ``cc``, checked against launch.py's warps and shared
-    memory (the launch parameters come from launch.py, so they must describe this PTX)."""
+def compiled(name: str, cc: int, attributes: dict[str, Any] | None = None):
+    """Kernel ``name`` compiled to PTX for ``cc`` (a ``ptx.CompiledKernel``), checked against launch.py:
+    its entry and warps (the grid and block come from launch.py, so they must describe this PTX) and its
+    shared memory within launch.py's bound."""
     from strg_deploy.plugins import ptx
 
     kernel = ptx.compile_kernel(name, cc=cc, attributes=attributes)
     spec = launch.SPECS[name]
-    if (kernel.name, kernel.num_warps, kernel.shared_mem) != (spec.name, spec.num_warps, spec.shared_mem):
+    if (kernel.name, kernel.num_warps) != (spec.name, spec.num_warps) or kernel.shared_mem > spec.shared_mem:
         raise StrgError(
             f"{name} compiled for cc {cc} is entry {kernel.name} with {kernel.num_warps} warps and "
-            f"{kernel.shared_mem} bytes of shared memory; launch.py declares {spec.num_warps} and "
-            f"{spec.shared_mem}"
+            f"{kernel.shared_mem} bytes of shared memory; launch.py declares {spec.num_warps} warps and "
+            f"at most {spec.shared_mem} bytes"
         )
-    return kernel.name.encode(), kernel.ptx.encode()
+    return kernel
 
 
 def roi_kernel(features, boxes, spatial_scale, output_size, sampling_ratio, cc: int) -> AotResult:
     """The RoI plugin's AOT kernel for input descriptors ``features``, ``boxes`` and PTX target ``cc``."""
     plan = shapes.roi_launch(features.shape_expr, boxes.shape_expr)
     attributes = dict(zip(ROI_FIELDS, (spatial_scale, output_size, sampling_ratio), strict=True))
-    name, text = compiled(launch.ROI_KERNEL, cc, attributes)
-    return name, text, _launch_params(plan), _extra_args(plan)
+    kernel = compiled(launch.ROI_KERNEL, cc, attributes)
+    return _aot_result(kernel, plan)
 
 
 def graph_kernel(boxes, cc: int) -> AotResult:
     """The graph plugin's AOT kernel for the input descriptor ``boxes`` and PTX target ``cc``."""
     plan = shapes.graph_launch(boxes.shape_expr)
-    name, text = compiled(launch.GRAPH_KERNEL, cc)
-    return name, text, _launch_params(plan), _extra_args(plan)
+    kernel = compiled(launch.GRAPH_KERNEL, cc)
+    return _aot_result(kernel, plan)
 
 
 def _define() -> None:

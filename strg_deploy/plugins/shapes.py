@@ -154,8 +154,9 @@ def graph_output_shape(boxes) -> tuple:
 
 @dataclass(frozen=True)
 class Launch:
-    """What an ``aot_impl`` returns besides the PTX: grid (x, y, z) in blocks, threads per block,
-    dynamic shared memory in bytes, and the int32 extra arguments in kernel order (int-likes)."""
+    """What an ``aot_impl`` returns besides the PTX: grid (x, y, z) in blocks, threads per block, the
+    kernel's bound on dynamic shared memory in bytes (the launch passes the compiled kernel's own
+    figure), and the int32 extra arguments in kernel order (int-likes)."""
 
     kernel: str
     grid: tuple
@@ -165,8 +166,8 @@ class Launch:
 
 
 def roi_launch(features, boxes) -> Launch:
-    """The RoI kernel's launch, exactly as launch.py gives it: grid (B*T'*N, ceil(C/64), 1), 64 threads,
-    no shared memory, int32 arguments (C, T', H', W', N)."""
+    """The RoI kernel's launch, exactly as launch.py gives it: grid (B*T'*N, ceil(C/16), 1), 64 threads,
+    int32 arguments (C, T', H', W', N)."""
     spec = launch.ROI_SPEC
     return Launch(
         spec.name,
