@@ -51,6 +51,28 @@ def tiny_export(tmp_path_factory):
     return model, out
 
 
+def triton_interpreter_problem() -> str | None:
+    """Why the Triton interpreter cannot run the plugin kernels here (None when it can): Triton before
+    3.8 turns a loop bound (``range(0, count, ...)``) into ``int()`` of a one-element array, which numpy
+    2.4 and later refuse (seen with Triton 3.6 and numpy 2.4; numpy 2.3 and Triton 3.8 work)."""
+    import importlib.metadata
+
+    try:
+        triton_version = importlib.metadata.version("triton")
+        numpy_version = importlib.metadata.version("numpy")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    def major_minor(text: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in text.split(".")[:2])
+
+    if major_minor(triton_version) < (3, 8) and major_minor(numpy_version) >= (2, 4):
+        return (
+            f"Triton {triton_version}'s interpreter cannot take tensor loop bounds under numpy "
+            f"{numpy_version} (needs Triton >= 3.8 or numpy < 2.4)"
+        )
+    return None
+
+
 RTSP_SERVER = Path(__file__).resolve().parent / "rtsp_server.py"
 SYSTEM_PYTHON = "/usr/bin/python3"
 

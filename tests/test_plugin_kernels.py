@@ -15,12 +15,15 @@ import subprocess
 import sys
 
 import pytest
+from conftest import triton_interpreter_problem
 
 from strg_deploy.errors import StrgError
 from strg_deploy.plugins import launch
 
 pytest.importorskip("triton")
 pytest.importorskip("torch")
+if triton_interpreter_problem():
+    pytest.skip(triton_interpreter_problem(), allow_module_level=True)
 
 TOLERANCE = 1e-5
 
