@@ -277,6 +277,17 @@ def launch_ptx(compiled, params, pointers_in, ints, pointers_out) -> None:
     check(driver.cuModuleUnload(module), "cuModuleUnload")
 
 
+def ptx_row(compiled, preset: str, cc: int, diff: float) -> dict:
+    """One row of the ``ptx`` section: the kernel launched for ``preset`` and ``cc``, its difference."""
+    return {
+        "kernel": compiled.name,
+        "preset": preset,
+        "cc": cc,
+        "params": len(compiled.params),
+        "max_abs_diff": diff,
+    }
+
+
 def section_ptx() -> list[dict]:
     needs_cuda()
     import torch
@@ -311,15 +322,7 @@ def section_ptx() -> list[dict]:
                 [nodes.data_ptr()],
             )
             diff = (nodes - frame_roi_align_max(features, boxes, mask, *attributes)).abs().max().item()
-            rows.append(
-                {
-                    "kernel": compiled.name,
-                    "preset": name,
-                    "cc": cc,
-                    "params": len(compiled.params),
-                    "max_abs_diff": diff,
-                }
-            )
+            rows.append(ptx_row(compiled, name, cc, diff))
             compiled = ptx.compile_kernel(launch.GRAPH_KERNEL, cc=cc)
             params = launch.graph_launch_params(boxes.shape)
             shape = (boxes.shape[0], boxes.shape[1] - 1, boxes.shape[2], boxes.shape[2])
@@ -334,15 +337,7 @@ def section_ptx() -> list[dict]:
             )
             ref_f, ref_b = space_time_graphs(boxes, mask)
             diff = max((forward - ref_f).abs().max().item(), (backward - ref_b).abs().max().item())
-            rows.append(
-                {
-                    "kernel": compiled.name,
-                    "preset": name,
-                    "cc": cc,
-                    "params": len(compiled.params),
-                    "max_abs_diff": diff,
-                }
-            )
+            rows.append(ptx_row(compiled, name, cc, diff))
     table(
         "PTX compiled on this machine, launched with cuLaunchKernel as TensorRT would",
         ["kernel", "preset", "cc", ".params", "max |diff|"],

@@ -51,6 +51,21 @@ def tiny_export(tmp_path_factory):
     return model, out
 
 
+def loaded_after_importing(modules: list[str], watched: tuple[str, ...]) -> list[str]:
+    """Which of ``watched`` a fresh interpreter has loaded after importing ``modules`` (sorted)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + f"print(json.dumps(sorted(m for m in {watched!r} if m in sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def triton_interpreter_problem() -> str | None:
     """Why the Triton interpreter cannot run the plugin kernels here (None when it can): Triton before
     3.8 turns a loop bound (``range(0, count, ...)``) into ``int()`` of a one-element array, which numpy

@@ -4,7 +4,6 @@ and the CLI without TensorRT. The builds themselves need TensorRT >= 10.9 and an
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -407,15 +406,11 @@ def test_missing_plugins_are_one_line(monkeypatch, tmp_path):
 
 
 def test_runtime_side_imports_no_tensorrt_and_no_torch():
-    code = (
-        "import sys\n"
-        "import strg_deploy.contract.engines, strg_deploy.export.engine, strg_deploy.export.tensorrt_graph\n"
-        "import strg_deploy.cli.engine\n"
-        "bad = [m for m in ('torch', 'tensorrt', 'cuda') if m in sys.modules]\n"
-        "print('loaded:', bad)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "loaded: []"
+    from conftest import loaded_after_importing
+
+    modules = ["contract.engines", "export.engine", "export.tensorrt_graph", "cli.engine"]
+    modules = [f"strg_deploy.{m}" for m in modules]
+    assert loaded_after_importing(modules, ("torch", "tensorrt", "cuda")) == []
 
 
 # --- with TensorRT and a GPU ---------------------------------------------------------------------

@@ -320,13 +320,10 @@ def test_registration_without_tensorrt_is_one_line():
 
 
 def test_shapes_and_package_import_no_tensorrt_torch_or_triton():
-    code = (
-        "import sys\n"
-        "import strg_deploy.plugins, strg_deploy.plugins.shapes\n"
-        "print([m for m in ('torch', 'tensorrt', 'triton', 'cuda') if m in sys.modules])\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
+    from conftest import loaded_after_importing
+
+    modules = ["strg_deploy.plugins", "strg_deploy.plugins.shapes"]
+    assert loaded_after_importing(modules, ("torch", "tensorrt", "triton", "cuda")) == []
 
 
 # --- the registration's source (readable here without TensorRT) ----------------------------------

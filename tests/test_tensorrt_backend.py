@@ -11,8 +11,6 @@ import importlib.util
 import inspect
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -63,14 +61,13 @@ def _ort_has_cuda() -> bool:
 
 
 def test_the_gpu_modules_import_neither_torch_nor_tensorrt_nor_cuda_python():
-    code = (
-        "import sys, strg_deploy.engines.tensorrt, strg_deploy.engines.cuda_memory, "
-        "strg_deploy.data.gpu_decode, strg_deploy.engines.pipeline, strg_deploy.cli.infer; "
-        "print(sorted(m for m in ('torch', 'tensorrt', 'cuda.bindings', 'cuda.bindings.runtime') "
-        "if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    from conftest import loaded_after_importing
+
+    engines = ["tensorrt", "cuda_memory", "onnxruntime_cuda", "pipeline"]
+    modules = [f"strg_deploy.engines.{m}" for m in engines]
+    modules += ["strg_deploy.data.gpu_decode", "strg_deploy.cli.infer"]
+    watched = ("torch", "tensorrt", "cuda.bindings", "cuda.bindings.runtime")
+    assert loaded_after_importing(modules, watched) == []
 
 
 # ---------------------------------------------------------------- no TensorRT: one line

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import io
 from pathlib import Path
 
@@ -42,11 +43,19 @@ def cuda_provider(device: str) -> tuple[str, dict[str, str]]:
             f"onnxruntime {ort.__version__} here has no CUDA provider (it has {', '.join(available)}): "
             + GPU_INSTALL
         )
+    problem = _provider_library_problem(ort)
+    if problem is not None:
+        raise StrgError(problem)
+    return PROVIDER, {"device_id": index or "0"}
+
+
+@functools.cache
+def _provider_library_problem(ort) -> str | None:
+    """Preload the CUDA libraries and try the provider library, once per process (each network of a
+    pipeline asks): None when it loads, else the one line that says why not."""
     preload_cuda_libraries(ort)
     reason = library_load_error(Path(ort.__file__).parent / "capi" / PROVIDER_LIBRARY)
-    if reason is not None:
-        raise StrgError(provider_problem(reason, ort.__version__, _cuda_version()))
-    return PROVIDER, {"device_id": index or "0"}
+    return None if reason is None else provider_problem(reason, ort.__version__, _cuda_version())
 
 
 def preload_cuda_libraries(ort) -> None:
